@@ -1,0 +1,80 @@
+"""Typed errors, each mapped to one HTTP status in one place (``cds_service.app``).
+
+Exception hierarchy::
+
+    CdsError
+    ├── BadRequest            400  malformed body, missing field, wrong hook for the service
+    ├── Unauthorized          401  failed client JWT (the body never says why)
+    ├── NotFound              404  unknown service id or route
+    ├── MethodNotAllowed      405
+    ├── PayloadTooLarge       413
+    ├── UnsupportedMediaType  415
+    └── PreconditionFailed    412  nothing can be determined without data that could not be obtained
+
+Every error is answered with a FHIR OperationOutcome. ``ConfigurationError`` is separate: it
+stops start-up (bad definition file, bad setting) and never reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CdsError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "exception"  # OperationOutcome.issue.code (http://hl7.org/fhir/issue-type)
+
+    def __init__(self, message: str, *, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+
+    def to_operation_outcome(self) -> dict[str, Any]:
+        issue: dict[str, Any] = {"severity": "error", "code": self.code, "diagnostics": self.message}
+        if self.expression:
+            issue["expression"] = [self.expression]
+        return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class BadRequest(CdsError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(CdsError):
+    status = 401
+    code = "login"
+
+    def __init__(self, reason: str) -> None:
+        # The reason is for the log only; clients get a fixed message.
+        super().__init__("Authentication required")
+        self.reason = reason
+
+
+class NotFound(CdsError):
+    status = 404
+    code = "not-found"
+
+
+class MethodNotAllowed(CdsError):
+    status = 405
+    code = "not-supported"
+
+
+class PayloadTooLarge(CdsError):
+    status = 413
+    code = "too-costly"
+
+
+class UnsupportedMediaType(CdsError):
+    status = 415
+    code = "not-supported"
+
+
+class PreconditionFailed(CdsError):
+    status = 412
+    code = "incomplete"
+
+
+class ConfigurationError(Exception):
+    """A definition file, knowledge file or setting is wrong; the message names the file or variable."""

@@ -1,0 +1,196 @@
+"""Typed CDS Hooks 2.0 response objects and their JSON serialisation.
+
+The decision core builds these objects; only :func:`response_to_json` turns them into JSON.
+CDS Hooks 2.0 forbids ``null`` and empty strings, arrays and objects anywhere in a response
+(``{"cards": []}`` is the one exception), so serialisation drops every empty member, also
+inside the FHIR resources that actions carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+Indicator = Literal["info", "warning", "critical"]
+SelectionBehavior = Literal["at-most-one", "any"]
+ActionType = Literal["create", "update", "delete"]
+LinkType = Literal["absolute", "smart"]
+
+
+class SystemActionsLocation(str, Enum):
+    """Where rating actions go (``CDS_SYSTEM_ACTIONS``)."""
+
+    TOP = "top"  # CDS Hooks 2.0 top-level ``systemActions``
+    EXTENSION = "extension"  # legacy ``extension.systemActions``, read by the public Sandbox
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class Coding:
+    system: str
+    code: str
+    display: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact({"system": self.system, "code": self.code, "display": self.display})
+
+
+@dataclass(frozen=True)
+class Source:
+    label: str
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact(
+            {"label": self.label, "url": self.url, "icon": self.icon, "topic": self.topic.to_json() if self.topic else None}
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    type: ActionType
+    description: str
+    resource: Mapping[str, Any] | None = None
+    resource_id: str | None = None  # relative reference, e.g. "ServiceRequest/123"; used for delete
+    uuid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type in ("create", "update") and self.resource is None:
+            raise ValueError(f"a {self.type} action needs a resource")
+        if self.type == "delete" and not self.resource_id:
+            raise ValueError("a delete action needs a resourceId")
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "uuid": self.uuid,
+                "type": self.type,
+                "description": self.description,
+                "resource": self.resource,
+                "resourceId": self.resource_id,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    label: str
+    uuid: str
+    actions: tuple[Action, ...] = ()
+    is_recommended: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "label": self.label,
+                "uuid": self.uuid,
+                "isRecommended": self.is_recommended,
+                "actions": [a.to_json() for a in self.actions],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Link:
+    label: str
+    url: str
+    type: LinkType = "absolute"
+    app_context: str | None = None
+    autolaunchable: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "label": self.label,
+                "url": self.url,
+                "type": self.type,
+                "appContext": self.app_context,
+                "autolaunchable": self.autolaunchable,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Card:
+    uuid: str
+    summary: str
+    indicator: Indicator
+    source: Source
+    detail: str | None = None
+    suggestions: tuple[Suggestion, ...] = ()
+    selection_behavior: SelectionBehavior | None = None
+    override_reasons: tuple[Coding, ...] = ()
+    links: tuple[Link, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.summary) >= 140:
+            raise ValueError(f"card summary must be under 140 characters: {self.summary!r}")
+        if self.suggestions and self.selection_behavior is None:
+            raise ValueError("a card with suggestions needs a selectionBehavior")
+        if any(not reason.display for reason in self.override_reasons):
+            raise ValueError("every override reason needs a display")
+        if self.selection_behavior == "at-most-one" and sum(bool(s.is_recommended) for s in self.suggestions) > 1:
+            raise ValueError("at-most-one allows at most one recommended suggestion")
+
+    def to_json(self) -> dict[str, Any]:
+        return _compact(
+            {
+                "uuid": self.uuid,
+                "summary": self.summary,
+                "detail": self.detail,
+                "indicator": self.indicator,
+                "source": self.source.to_json(),
+                "suggestions": [s.to_json() for s in self.suggestions],
+                "selectionBehavior": self.selection_behavior if self.suggestions else None,
+                "overrideReasons": [r.to_json() for r in self.override_reasons],
+                "links": [link.to_json() for link in self.links],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class CdsResponse:
+    cards: tuple[Card, ...] = ()
+    system_actions: tuple[Action, ...] = ()
+    # Response-level extension members other than systemActions (for example data-quality warnings).
+    extension: Mapping[str, Any] = field(default_factory=dict)
+
+
+def response_to_json(
+    response: CdsResponse, location: SystemActionsLocation = SystemActionsLocation.BOTH
+) -> dict[str, Any]:
+    """Serialise a response, placing system actions where the deployment asks for them."""
+    body: dict[str, Any] = {"cards": [card.to_json() for card in response.cards]}
+    actions = [action.to_json() for action in response.system_actions]
+    extension: dict[str, Any] = dict(response.extension)
+    if actions and location in (SystemActionsLocation.TOP, SystemActionsLocation.BOTH):
+        body["systemActions"] = actions
+    if actions and location in (SystemActionsLocation.EXTENSION, SystemActionsLocation.BOTH):
+        extension["systemActions"] = actions
+    compact_extension = _compact(extension)
+    if compact_extension:
+        body["extension"] = compact_extension
+    return body
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | tuple | dict) and len(value) == 0)
+
+
+def _compact(value: Any) -> Any:
+    """Drop None and empty members recursively (CDS Hooks 2.0 §Use of JSON)."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            compacted = _compact(item)
+            if not _is_empty(compacted):
+                out[key] = compacted
+        return out
+    if isinstance(value, list | tuple):
+        items = [_compact(item) for item in value]
+        return [item for item in items if not _is_empty(item)]
+    return value
