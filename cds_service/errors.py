@@ -9,7 +9,8 @@ Exception hierarchy::
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
-    └── PreconditionFailed    412  nothing can be determined without data that could not be obtained
+    ├── PreconditionFailed    412  nothing can be determined without data that could not be obtained
+    └── ServiceUnavailable    503  the feedback store cannot be reached (the client should retry)
 
 Every error is answered with a FHIR OperationOutcome. ``ConfigurationError`` is separate: it
 stops start-up (bad definition file, bad setting) and never reaches a client.
@@ -74,6 +75,18 @@ class UnsupportedMediaType(CdsError):
 class PreconditionFailed(CdsError):
     status = 412
     code = "incomplete"
+
+
+class ServiceUnavailable(CdsError):
+    status = 503
+    code = "transient"
+
+
+class InternalError(CdsError):
+    """A bug: the client gets a fixed message, the trace goes to the log."""
+
+    status = 500
+    code = "exception"
 
 
 class ConfigurationError(Exception):

@@ -1,0 +1,191 @@
+"""A small closed-loop HTTP load generator: stdlib only, one OS process per client.
+
+Each client process keeps one persistent ``http.client`` connection per target (keep-alive), and
+reconnects when the server closes it (gunicorn's ``sync`` worker closes after every response; the
+reconnect is then part of the next request's latency, as it would be for a real client). Clients
+are separate processes so that the generator's own GIL never becomes the bottleneck being measured.
+
+A *round* sends the same work to ``concurrency`` clients for ``duration`` seconds against one
+target; ``bench/run.py`` alternates rounds between the service and the ceiling.
+"""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import multiprocessing.connection
+import time
+import uuid
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+HOOK_INSTANCE_PLACEHOLDER = b"00000000-0000-4000-8000-000000000000"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A request body split around its hookInstance so that every request carries a fresh one cheaply."""
+
+    path: str
+    parts: tuple[tuple[bytes, bytes], ...]  # (before, after) the placeholder, one per request variant
+    resources: int  # prefetch resources per request (for the cost-per-resource figures)
+
+    @classmethod
+    def from_bodies(cls, path: str, bodies: list[bytes], resources: int) -> Payload:
+        """Split each body at its (single) hookInstance placeholder."""
+        parts = []
+        for body in bodies:
+            before, found, after = body.partition(HOOK_INSTANCE_PLACEHOLDER)
+            if not found or HOOK_INSTANCE_PLACEHOLDER in after:
+                raise ValueError("each body must contain the hookInstance placeholder exactly once")
+            parts.append((before, after))
+        return cls(path=path, parts=tuple(parts), resources=resources)
+
+
+@dataclass
+class RoundResult:
+    """What one round measured: latencies in nanoseconds of completed requests, and the failures."""
+
+    latencies_ns: array = field(default_factory=lambda: array("q"))
+    completed_in_window: int = 0
+    errors: int = 0
+    first_error: str | None = None
+    wall_seconds: float = 0.0
+
+    def merge(self, other: RoundResult) -> None:
+        """Add another client's (or round's) figures to this one."""
+        self.latencies_ns.extend(other.latencies_ns)
+        self.completed_in_window += other.completed_in_window
+        self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
+
+
+def _connect(port: int) -> http.client.HTTPConnection:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.connect()
+    return connection
+
+
+def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) -> None:
+    """Serve jobs from the parent until it sends ``None``: one job is one round for this client."""
+    connections: dict[int, http.client.HTTPConnection] = {}
+    payloads: dict[str, Payload] = {}  # sent once per client, not once per round
+    warmed: set[tuple[int, str]] = set()
+    counter = 0
+    while True:
+        job = pipe.recv()
+        if job is None:
+            break
+        port, payload_key, new_payload, start_at, end_at = job
+        if new_payload is not None:
+            payloads[payload_key] = new_payload
+        payload = payloads[payload_key]
+        result = RoundResult()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        variant = client_id  # clients start on different variants so that they do not move in lockstep
+        warm = (port, payload_key) in warmed
+        if warm:
+            delay = start_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            now = time.monotonic()
+            if warm and now >= end_at:
+                break
+            before, after = payload.parts[variant % len(payload.parts)]
+            variant += 1
+            counter += 1
+            body = before + str(uuid.UUID(int=(client_id << 64) | counter, version=4)).encode() + after
+            began = time.perf_counter_ns()
+            try:
+                connection = connections.get(port) or _connect(port)
+                connections[port] = connection
+                connection.request("POST", payload.path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+                if response.will_close:
+                    connection.close()
+                    del connections[port]
+            except (OSError, http.client.HTTPException) as error:
+                connections.pop(port, None)
+                result.errors += 1
+                result.first_error = result.first_error or f"{type(error).__name__}: {error}"
+                time.sleep(0.01)
+                continue
+            finished = time.perf_counter_ns()
+            if not warm:
+                # The first request of a client on a target warms the connection and the worker: untimed,
+                # and sent before the round's start so that it never overlaps another target's round.
+                warm = True
+                warmed.add((port, payload_key))
+                if status != 200:
+                    result.errors += 1
+                    result.first_error = result.first_error or f"HTTP {status}"
+                delay = start_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                continue
+            if status != 200:
+                result.errors += 1
+                result.first_error = result.first_error or f"HTTP {status}"
+                continue
+            result.latencies_ns.append(finished - began)
+            if time.monotonic() <= end_at:
+                result.completed_in_window += 1
+        pipe.send(result)
+    for connection in connections.values():
+        connection.close()
+
+
+class LoadGenerator:
+    """A pool of client processes; use as a context manager and call :meth:`run_round`."""
+
+    def __init__(self, clients: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self._pipes: list[multiprocessing.connection.Connection] = []
+        self._processes: list[Any] = []
+        self._known_payloads: list[set[str]] = [set() for _ in range(clients)]
+        for client_id in range(clients):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=_client_loop, args=(client_id, child_end), daemon=True)
+            process.start()
+            self._pipes.append(parent_end)
+            self._processes.append(process)
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every client process."""
+        for pipe in self._pipes:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+
+    def run_round(self, port: int, payload: Payload, concurrency: int, duration: float) -> RoundResult:
+        """``concurrency`` clients send requests back to back for ``duration`` seconds; merged results."""
+        if concurrency > len(self._pipes):
+            raise ValueError(f"{concurrency} clients requested, the pool has {len(self._pipes)}")
+        # Leave time for first-contact warm-up requests (a large request can take a while).
+        start_at = time.monotonic() + 0.05 + (0.3 if payload.resources >= 1000 else 0.0)
+        end_at = start_at + duration
+        payload_key = f"{payload.path}:{payload.resources}:{id(payload)}"
+        for client_id, pipe in enumerate(self._pipes[:concurrency]):
+            known = self._known_payloads[client_id]
+            pipe.send((port, payload_key, None if payload_key in known else payload, start_at, end_at))
+            known.add(payload_key)
+        merged = RoundResult()
+        for pipe in self._pipes[:concurrency]:
+            merged.merge(pipe.recv())
+        merged.wall_seconds = duration
+        return merged

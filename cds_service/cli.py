@@ -1,0 +1,197 @@
+"""The ``cds-service`` command: ``serve``, ``evaluate`` and ``check-config`` (PRODUCT.md §2.2)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cds_service.errors import CdsError, ConfigurationError
+
+log = logging.getLogger("cds_service.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cds-service", description="CDS Hooks service for lumbar imaging orders")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the production server (gunicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate one CDS Hooks request offline and print the response")
+    evaluate.add_argument("request", help="request JSON file, or - for standard input")
+    evaluate.add_argument("--now", help="evaluation time, ISO 8601 (default: the current time)")
+    evaluate.add_argument("--service", help="service id (default: the service answering the request's hook)")
+
+    commands.add_parser("check-config", help="validate definitions, knowledge base and settings")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args.host, args.port, args.workers, args.threads)
+        if args.command == "evaluate":
+            return _evaluate(args.request, args.now, args.service)
+        return _check_config()
+    except ConfigurationError as exc:
+        print(f"cds-service: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(host: str, port: int, workers: int, threads: int) -> int:
+    from cds_service.settings import settings_from_env
+
+    settings = settings_from_env()
+    if settings.open_mode and not _is_loopback(host) and not settings.allow_open:
+        print(
+            f"cds-service: refusing to bind {host}: no trusted clients are configured (CDS_TRUSTED_CLIENTS), so "
+            "anyone who can reach the port could send patient data and make the service call FHIR servers. "
+            "Configure CDS_TRUSTED_CLIENTS, bind 127.0.0.1, or set CDS_ALLOW_OPEN=1 to accept this.",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Prometheus multi-process mode must be chosen before prometheus_client is imported anywhere.
+    metrics_dir = data_dir / f"prometheus-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    from gunicorn.app.base import BaseApplication
+
+    from cds_service.app import create_app
+    from cds_service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    create_app(settings)  # fail fast in the master on any configuration problem, before forking workers
+    mode = "authenticated (trusted clients)" if not settings.open_mode else "OPEN (no client authentication)"
+    log.info(
+        "starting on %s:%s with %s workers; mode: %s",
+        host,
+        port,
+        workers,
+        mode,
+        extra={"fields": {"event": "startup", "mode": "trusted" if not settings.open_mode else "open"}},
+    )
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "workers": workers,
+                "worker_class": "gthread",
+                "threads": threads,
+                "keepalive": 5,
+                "timeout": 30,
+                "graceful_timeout": 10,
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": "warning",
+                "child_exit": _child_exit,
+                "post_fork": _post_fork,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    def _post_fork(server: Any, worker: Any) -> None:
+        configure_logging(settings.log_level)
+
+    Server().run()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _evaluate(path: str, now_text: str | None, service_id: str | None) -> int:
+    from cds_service.offline import evaluate_request
+    from cds_service.protocol.validation import decode_json
+    from cds_service.settings import DEFAULT_MAX_JSON_DEPTH
+
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        print(f"cds-service: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    if now_text:
+        try:
+            now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"cds-service: --now {now_text!r} is not an ISO 8601 date-time", file=sys.stderr)
+            return 2
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+    try:
+        body = decode_json(raw, max_depth=DEFAULT_MAX_JSON_DEPTH)
+        response = evaluate_request(body, now=now, service_id=service_id)
+    except CdsError as exc:
+        print(json.dumps(exc.to_operation_outcome(), indent=2))
+        print(f"cds-service: {exc.status}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(response, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _check_config() -> int:
+    from cds_service.clinical import ClinicalEngine
+    from cds_service.knowledge import load_knowledge
+    from cds_service.registry import load_registry
+    from cds_service.settings import settings_from_env
+
+    problems: list[str] = []
+    settings = settings_from_env()
+    print("settings: ok")
+    registry = load_registry(settings.hooks_dir)
+    print(f"service definitions: ok ({', '.join(d.id for d in registry)})")
+    knowledge = load_knowledge()
+    try:
+        from cds_service.knowledge import check_knowledge  # type: ignore[attr-defined]
+
+        problems.extend(check_knowledge())
+    except ImportError:
+        pass
+    print(f"knowledge base: version {knowledge.version}")
+    for definition in registry:
+        ClinicalEngine.from_config(definition.config)
+    print("clinical engines: ok")
+    if settings.trusted_clients_path:
+        from cds_service.security import load_trusted_clients
+
+        clients = load_trusted_clients(settings.trusted_clients_path)
+        print(f"trusted clients: ok ({len(clients)})")
+    else:
+        print("trusted clients: none (open mode; serve binds only to loopback unless CDS_ALLOW_OPEN=1)")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,708 @@
+"""The FHIR data path: from a request's prefetch and its FHIR server to one :class:`PatientRecord`.
+
+For every prefetch template of the service definition (PRODUCT.md §4.2, cds-hooks-spec.md §3):
+
+* a value is used as given: a searchset Bundle's entries, or a single resource. A Bundle that is
+  only the first page (``link`` ``next``) is completed through the FHIR server when that server is
+  allowed and the next page is on the same base; otherwise the first page is kept with a warning;
+* ``null`` means the data was obtained and is empty (a fact, not an unknown);
+* an ``OperationOutcome`` means the EHR could not provide it: that resource type is unknown;
+* an absent key is fetched from ``fhirServer`` with the ``fhirAuthorization`` bearer token, all absent
+  keys in parallel, within one deadline for the whole request, with bounded retries on 429/5xx and
+  never through a redirect to another host.
+
+``fhirServer`` is untrusted input (cds-hooks-spec.md §6.3, PRODUCT.md §5.2): nothing is sent unless
+:func:`is_allowed_server` accepts it, which requires an exact match with an allowed base URL and
+``https`` outside loopback. The access token goes into the ``Authorization`` header of requests to
+that server and nowhere else: not into logs, warnings, reasons or exception messages.
+
+Nothing here raises out of :meth:`FhirDataSource.resolve`: whatever cannot be obtained becomes an
+``unavailable`` entry of the record, because unknown data must stay unknown rather than fail the
+request (the clinical engine decides what it can still say).
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import ipaddress
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any, Final, Literal
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from cds_service.protocol.request import HookRequest
+from cds_service.record import PatientRecord, Resource
+
+__all__ = ["FetchOutcome", "FhirDataSource", "is_allowed_server", "normalise_base_url", "render_template"]
+
+log = logging.getLogger("cds_service.fhir_data")
+
+FetchOutcome = Literal["ok", "error", "timeout", "not_allowed", "http_4xx", "http_5xx"]
+
+FHIR_JSON: Final = "application/fhir+json"
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUS: Final = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS: Final = 3
+# Below this much budget a request cannot usefully start; treat it as already timed out.
+_MIN_REQUEST_BUDGET: Final = 0.01
+_USER_AGENT: Final = "cds-service-fhir-data"
+
+# Prefetch tokens allowed by CDS Hooks 2.0 for order-select / order-sign (cds-hooks-spec.md §3).
+_TOKEN_PATTERN: Final = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+# A FHIR id (R4 datatype `id`). Token values are checked against it before they go into a URL, so a
+# crafted patientId ("../x", "1?_format=xml", "a#b") cannot change the path or query that is sent.
+_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_FHIR_REFERENCE: Final = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+_USER_TOKENS: Final = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+# Reasons are shown to clinicians in cards ("... could not be obtained: <reason>") and logged; they
+# never contain URLs, ids or tokens.
+REASON_NOT_ALLOWED: Final = "FHIR server not allowed"
+REASON_NO_SERVER: Final = "not in the prefetch and no FHIR server to fetch it from"
+REASON_TIMEOUT: Final = "the FHIR server did not answer in time"
+REASON_UNREACHABLE: Final = "the FHIR server could not be reached"
+REASON_NOT_FHIR: Final = "the FHIR server's answer was not FHIR JSON"
+REASON_REDIRECT: Final = "the FHIR server redirected to another host"
+REASON_TOO_LARGE: Final = "the FHIR server's answer was too large"
+
+
+# ---------------------------------------------------------------------------------------------
+# Base URLs and the outbound allow-list
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_http_url(url: str) -> SplitResult:
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError("not an absolute http(s) URL")
+    parts.port  # noqa: B018 - raises ValueError for a malformed port; checked here, once
+    return parts
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int]:
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    return scheme, host, parts.port or _DEFAULT_PORTS[scheme]
+
+
+def normalise_base_url(url: str) -> str:
+    """Canonical form of a FHIR base URL, for comparing a request's ``fhirServer`` with allowed servers.
+
+    Lower-cases scheme and host, drops the scheme's default port, a fragment and trailing slashes;
+    the path keeps its case (FHIR base paths are case-sensitive). Raises ``ValueError`` when the
+    value is not an absolute http(s) URL.
+    """
+    parts = _split_http_url(url)
+    scheme, host, port = _origin(parts)
+    netloc = f"[{host}]" if ":" in host else host
+    if port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    if parts.username is not None or parts.password is not None:
+        # Keep credentials visible to the comparison (so they never match a plain allowed base), but
+        # lower-case nothing in them.
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        netloc = f"{userinfo}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_allowed_server(url: str | None, allowed: Collection[str]) -> bool:
+    """True when ``url`` (a request's ``fhirServer``) may be called.
+
+    It must equal one of ``allowed`` after :func:`normalise_base_url`, carry no user-info, and use
+    ``https`` unless its host is loopback (127.0.0.0/8, ``localhost``, ``::1``). Allowed entries that
+    are not URLs are ignored rather than raising: a bad setting is reported by ``check-config``.
+    """
+    if not url or not allowed:
+        return False
+    try:
+        parts = _split_http_url(url)
+        candidate = normalise_base_url(url)
+    except ValueError:
+        return False
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return False
+    scheme, host, _port = _origin(parts)
+    if scheme != "https" and not _is_loopback_host(host):
+        return False
+    return candidate in _normalised_allowed(tuple(allowed))
+
+
+@lru_cache(maxsize=256)
+def _normalised_allowed(allowed: tuple[str, ...]) -> frozenset[str]:
+    # Allowed lists are per process or per trusted client: a handful of distinct tuples, so cache them.
+    normalised: set[str] = set()
+    for entry in allowed:
+        try:
+            normalised.add(normalise_base_url(entry))
+        except ValueError:
+            continue
+    return frozenset(normalised)
+
+
+def _is_under_base(url: str, base: str) -> bool:
+    """True when absolute ``url`` lies on the FHIR server whose normalised base is ``base``."""
+    try:
+        target = normalise_base_url(url)
+        base_parts = _split_http_url(base)
+        target_parts = _split_http_url(url)
+    except ValueError:
+        return False
+    if _origin(base_parts) != _origin(target_parts) or target_parts.username is not None:
+        return False
+    base_path = base_parts.path.rstrip("/")
+    target_path = urlsplit(target).path
+    return target_path == base_path or target_path.startswith(base_path + "/")
+
+
+def _same_origin(url: str, other: str) -> bool:
+    try:
+        first, second = _split_http_url(url), _split_http_url(other)
+    except ValueError:
+        return False
+    return _origin(first) == _origin(second) and second.username is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefetch templates
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedTemplate:
+    """A prefetch template with its tokens replaced, or why it could not be."""
+
+    resource_type: str | None  # from the first path segment; None when even that is unknown
+    relative_url: str | None  # None when a token had no (valid) value
+    missing: str | None = None  # the token without a value, for the reason
+
+
+def _token_value(token: str, request: HookRequest) -> tuple[str | None, bool]:
+    """(value, is_reference) for a 2.0 prefetch token, value None when the request has none."""
+    if token == "context.patientId":
+        return request.patient_id, False
+    if token == "context.encounterId":
+        return request.encounter_id, False
+    if token == "context.userId":
+        return request.user_id, True
+    if token in _USER_TOKENS:
+        match = _FHIR_REFERENCE.fullmatch(request.user_id or "")
+        if match and match.group(1) == _USER_TOKENS[token]:
+            return match.group(2), False
+        return None, False
+    return None, False  # not a 2.0 token (for example 3.0 FHIRPath): never guessed
+
+
+def _valid_token_value(value: str, is_reference: bool) -> bool:
+    if is_reference:
+        return _FHIR_REFERENCE.fullmatch(value) is not None
+    return _FHIR_ID.fullmatch(value) is not None and value.strip(".") != ""
+
+
+def _resource_type_of(relative_url: str) -> str | None:
+    first = re.split(r"[/?]", relative_url, maxsplit=1)[0]
+    return first if re.fullmatch(r"[A-Z][A-Za-z]+", first) else None
+
+
+def render_template(template: str, request: HookRequest) -> RenderedTemplate:
+    """Replace the CDS Hooks 2.0 tokens of a prefetch template with the request's values.
+
+    A token without a value in this request (``encounterId`` is optional in the order hooks), an
+    unknown token, or a value that is not a FHIR id makes the template unfetchable: never guess.
+    """
+    missing: str | None = None
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal missing
+        token = match.group(1)
+        value, is_reference = _token_value(token, request)
+        if value is None or not _valid_token_value(value, is_reference):
+            missing = missing or token
+            return ""
+        return value
+
+    rendered = _TOKEN_PATTERN.sub(substitute, template.strip())
+    resource_type = _resource_type_of(template.strip()) or (_resource_type_of(rendered) if missing is None else None)
+    if missing is not None or "{{" in rendered:
+        return RenderedTemplate(resource_type, None, missing or "an unsupported token")
+    return RenderedTemplate(resource_type, rendered.lstrip("/"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results of one prefetch key
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _KeyResult:
+    """What one prefetch key contributed (built by one worker thread, read by the caller)."""
+
+    key: str
+    resource_type: str | None
+    resources: list[Resource] = field(default_factory=list)
+    unavailable: str | None = None  # reason, when the key's type could not be obtained
+    warnings: list[str] = field(default_factory=list)
+    outcome: FetchOutcome | None = None  # set when the network was used (or refused)
+    # True when the first page came in the prefetch and the network only completes it: a failure then
+    # keeps that page (real data) and warns, instead of making the type unknown.
+    from_prefetch: bool = False
+    given: tuple[Resource, ...] = ()
+
+
+class _Deadline:
+    """The time budget of one resolve() call, shared by all its fetches."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
+class _FetchFailed(Exception):
+    """A fetch that ended without usable FHIR JSON; carries an outcome and a reason, never a URL."""
+
+    def __init__(self, outcome: FetchOutcome, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.outcome: FetchOutcome = outcome
+        self.reason = reason
+        self.status = status
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def _is_resource(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("resourceType"), str)
+
+
+def _bundle_resources(bundle: Mapping[str, Any]) -> Iterator[Resource]:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        resource = entry.get("resource")
+        # OperationOutcome entries (search.mode "outcome") are messages about the search, not patient data.
+        if _is_resource(resource) and resource["resourceType"] != "OperationOutcome":
+            yield resource
+
+
+# ---------------------------------------------------------------------------------------------
+# The data source
+# ---------------------------------------------------------------------------------------------
+
+
+def _build_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    # One session serves every patient and every EHR: a cookie set by one FHIR server must never be
+    # sent on another patient's request, and ~/.netrc or proxy variables must not add credentials
+    # or reroute bearer-token requests behind the operator's back.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    session.trust_env = False
+    return session
+
+
+class FhirDataSource:
+    """Resolves a service's prefetch templates for one request into a :class:`PatientRecord`.
+
+    Build it once per process: it owns the pooled HTTP session and the thread pool that fetches
+    absent keys in parallel. It is thread-safe; concurrent requests share both pools.
+    """
+
+    def __init__(
+        self,
+        *,
+        total_timeout: float = 2.5,
+        max_retries: int = 2,
+        max_pages: int = 20,
+        session: requests.Session | None = None,
+        on_fetch: Callable[[str], None] | None = None,
+        max_workers: int = 32,
+        max_response_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        if total_timeout <= 0:
+            raise ValueError("total_timeout must be positive")
+        if max_retries < 0 or max_pages < 1 or max_workers < 1:
+            raise ValueError("max_retries must be >= 0, max_pages and max_workers >= 1")
+        self.total_timeout = total_timeout
+        self.max_retries = max_retries
+        self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
+        self._on_fetch = on_fetch
+        # The HTTP pool must hold at least one connection per concurrently fetched key, or parallel
+        # fetches queue for a connection and the deadline is spent waiting.
+        self._session = session if session is not None else _build_session(max_workers)
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop the worker threads and close pooled connections (at process shutdown, or in tests)."""
+        self._closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
+
+    def __enter__(self) -> FhirDataSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public entry point -------------------------------------------------------------------
+
+    def resolve(
+        self, templates: Mapping[str, str], request: HookRequest, allowed_servers: Collection[str]
+    ) -> PatientRecord:
+        """The patient record for ``request``: prefetch values as given, absent keys fetched.
+
+        ``templates`` are the service definition's prefetch templates (key -> relative FHIR URL);
+        ``allowed_servers`` the FHIR base URLs this client may make the service call. Never raises
+        for anything in the request or anything a FHIR server answers.
+        """
+        started = time.monotonic()
+        deadline = _Deadline(self.total_timeout)
+        prefetch = request.prefetch if isinstance(request.prefetch, Mapping) else {}
+        server_allowed = is_allowed_server(request.fhir_server, allowed_servers)
+        base = normalise_base_url(request.fhir_server) if server_allowed and request.fhir_server else None
+        token = request.fhir_authorization.access_token if request.fhir_authorization else None
+
+        results: dict[str, _KeyResult] = {}
+        pending: dict[Future[_KeyResult], str] = {}
+        for key, template in templates.items():
+            try:
+                if key in prefetch:
+                    result, needs_network = self._from_prefetch_value(key, template, prefetch[key], request, base)
+                else:
+                    result, needs_network = self._plan_fetch(key, template, request, base, server_allowed)
+            except Exception:  # a malformed value must cost one key, never the request
+                log.exception("prefetch key could not be processed", extra={"fields": {"prefetch_key": key}})
+                result, needs_network = _KeyResult(key, None, unavailable="the prefetch value could not be read"), None
+            results[key] = result
+            if needs_network is not None and base is not None:
+                future = self._executor.submit(self._run_network_step, result, needs_network, base, token, deadline)
+                pending[future] = key
+
+        self._wait_for(pending, results, deadline)
+        record = _assemble(templates, results)
+        log.info(
+            "prefetch resolved",
+            extra={
+                "fields": {
+                    "prefetch_keys": len(templates),
+                    "fetched_keys": len(pending),
+                    "unavailable_types": sorted(record.unavailable),
+                    "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                }
+            },
+        )
+        return record
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def _from_prefetch_value(
+        self, key: str, template: str, value: Any, request: HookRequest, base: str | None
+    ) -> tuple[_KeyResult, str | None]:
+        """Use a prefetch value; returns the result and a next-page URL to follow, if any."""
+        resource_type = render_template(template, request).resource_type
+        result = _KeyResult(key, resource_type)
+        if value is None:
+            return result, None  # obtained, and there is nothing: a fact
+        if not _is_resource(value):
+            result.unavailable = f"the prefetch value for {key} is not a FHIR resource"
+            return result, None
+        if value["resourceType"] == "OperationOutcome":
+            result.unavailable = f"the EHR could not provide {key}"
+            return result, None
+        if value["resourceType"] != "Bundle":
+            result.resources.append(value)
+            return result, None
+        result.resources.extend(_bundle_resources(value))
+        next_url = _next_link(value)
+        if next_url is None:
+            return result, None
+        if base is None:
+            why = "no allowed FHIR server" if request.fhir_server else "no FHIR server"
+            result.warnings.append(f"prefetch {key} holds only the first page of its results ({why} to read the rest)")
+            return result, None
+        if not _is_under_base(next_url, base):
+            result.warnings.append(
+                f"prefetch {key} holds only the first page of its results (the next page is not on the FHIR server)"
+            )
+            return result, None
+        result.from_prefetch = True
+        result.given = tuple(result.resources)
+        return result, next_url
+
+    def _plan_fetch(
+        self, key: str, template: str, request: HookRequest, base: str | None, server_allowed: bool
+    ) -> tuple[_KeyResult, str | None]:
+        """An absent key: the URL to fetch, or why it cannot be fetched."""
+        rendered = render_template(template, request)
+        result = _KeyResult(key, rendered.resource_type)
+        if rendered.relative_url is None:
+            result.unavailable = f"the request has no {rendered.missing} for prefetch {key}"
+            return result, None
+        if not request.fhir_server:
+            result.unavailable = REASON_NO_SERVER
+            return result, None
+        if not server_allowed or base is None:
+            result.unavailable = REASON_NOT_ALLOWED
+            result.outcome = "not_allowed"
+            return result, None
+        return result, f"{base}/{rendered.relative_url}"
+
+    # -- network ------------------------------------------------------------------------------
+
+    def _run_network_step(
+        self, result: _KeyResult, url: str, base: str, token: str | None, deadline: _Deadline
+    ) -> _KeyResult:
+        """Worker: fetch ``url`` and its next pages into ``result``. Runs in the thread pool."""
+        started = time.monotonic()
+        pages = 1 if result.from_prefetch else 0
+        status: int | None = None
+        try:
+            while url is not None:
+                if pages >= self.max_pages:
+                    result.warnings.append(
+                        f"{result.key} has more than {self.max_pages} pages of results; only the first "
+                        f"{self.max_pages} were read"
+                    )
+                    break
+                body, status = self._get_json(url, base, token, deadline)
+                pages += 1
+                if not _is_resource(body):
+                    raise _FetchFailed("error", REASON_NOT_FHIR, status)
+                if body["resourceType"] == "OperationOutcome":
+                    raise _FetchFailed("error", f"the FHIR server could not provide {result.key}", status)
+                if body["resourceType"] != "Bundle":
+                    result.resources.append(body)
+                    break
+                result.resources.extend(_bundle_resources(body))
+                next_url = _next_link(body)
+                if next_url is not None and not _is_under_base(urljoin(url, next_url), base):
+                    result.warnings.append(
+                        f"{result.key}: the next page of results is not on the FHIR server and was not read"
+                    )
+                    next_url = None
+                url = urljoin(url, next_url) if next_url else None  # type: ignore[assignment]
+            result.outcome = "ok"
+        except _FetchFailed as failure:
+            result.outcome = failure.outcome
+            status = failure.status
+            if pages == 0:
+                result.unavailable = failure.reason
+                result.resources.clear()
+            else:
+                # Earlier pages were read: keep them (they are real data) and say the rest is missing.
+                result.warnings.append(f"{result.key}: page {pages + 1} of the results could not be read")
+        log.info(
+            "fhir fetch",
+            extra={
+                "fields": {
+                    "prefetch_key": result.key,
+                    "resource_type": result.resource_type,
+                    "outcome": result.outcome,
+                    "status": status,
+                    "pages": pages,
+                    "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                }
+            },
+        )
+        return result
+
+    def _get_json(self, url: str, base: str, token: str | None, deadline: _Deadline) -> tuple[Any, int]:
+        """GET one URL on ``base`` with retries and same-origin redirects; the parsed JSON and status."""
+        headers = {"Accept": FHIR_JSON, "User-Agent": _USER_AGENT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        attempt = 0
+        redirects = 0
+        while True:
+            response = self._send(url, headers, deadline)
+            try:
+                status = response.status_code
+                if status in _REDIRECT_STATUS:
+                    location = response.headers.get("Location")
+                    target = urljoin(url, location) if location else None
+                    # A redirect elsewhere would hand the bearer token to a server nobody allowed.
+                    if target is None or not _same_origin(base, target) or redirects >= _MAX_REDIRECTS:
+                        raise _FetchFailed("error", REASON_REDIRECT if target else REASON_NOT_FHIR, status)
+                    redirects += 1
+                    url = target
+                    continue
+                if status in _RETRYABLE_STATUS and attempt < self.max_retries:
+                    pause = _retry_pause(response.headers.get("Retry-After"), attempt)
+                    if pause is not None and pause < deadline.remaining() - _MIN_REQUEST_BUDGET:
+                        attempt += 1
+                        time.sleep(pause)
+                        continue
+                if status >= 400:
+                    kind: FetchOutcome = "http_5xx" if status >= 500 else "http_4xx"
+                    raise _FetchFailed(kind, f"the FHIR server answered HTTP {status}", status)
+                if status != 200:
+                    raise _FetchFailed("error", f"the FHIR server answered HTTP {status}", status)
+                content = self._read_body(response, deadline)
+            finally:
+                response.close()
+            try:
+                return orjson.loads(content), status
+            except orjson.JSONDecodeError:
+                raise _FetchFailed("error", REASON_NOT_FHIR, status) from None
+
+    def _send(self, url: str, headers: Mapping[str, str], deadline: _Deadline) -> requests.Response:
+        remaining = deadline.remaining()
+        if remaining < _MIN_REQUEST_BUDGET or self._closed.is_set():
+            raise _FetchFailed("timeout", REASON_TIMEOUT)
+        try:
+            return self._session.get(url, headers=headers, timeout=remaining, allow_redirects=False, stream=True)
+        except requests.Timeout:
+            raise _FetchFailed("timeout", REASON_TIMEOUT) from None
+        except requests.RequestException as error:
+            # The exception text holds the URL (with the patient id in its query): log the class only.
+            log.info("fhir request failed", extra={"fields": {"error": type(error).__name__}})
+            raise _FetchFailed("error", REASON_UNREACHABLE) from None
+
+    def _read_body(self, response: requests.Response, deadline: _Deadline) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _FetchFailed("error", REASON_TOO_LARGE, response.status_code)
+                if deadline.remaining() <= 0:
+                    raise _FetchFailed("timeout", REASON_TIMEOUT, response.status_code)
+                chunks.append(chunk)
+        except requests.Timeout:
+            raise _FetchFailed("timeout", REASON_TIMEOUT, response.status_code) from None
+        except requests.RequestException:
+            raise _FetchFailed("error", REASON_UNREACHABLE, response.status_code) from None
+        return b"".join(chunks)
+
+    # -- collecting ---------------------------------------------------------------------------
+
+    def _wait_for(
+        self, pending: Mapping[Future[_KeyResult], str], results: dict[str, _KeyResult], deadline: _Deadline
+    ) -> None:
+        """Collect finished fetches until the deadline; what is still running then counts as timed out."""
+        not_done = set(pending)
+        while not_done and (remaining := deadline.remaining()) > 0:
+            _done, not_done = wait(not_done, timeout=remaining, return_when=FIRST_COMPLETED)
+        for future, key in pending.items():
+            if not future.done():
+                future.cancel()
+                results[key] = _timed_out(results[key])
+                log.info("fhir fetch timed out", extra={"fields": {"prefetch_key": key}})
+            elif future.exception() is not None:  # a bug, not a server answer: still one key only
+                log.error("fhir fetch failed unexpectedly", exc_info=future.exception(),
+                          extra={"fields": {"prefetch_key": key}})
+                old = results[key]
+                results[key] = _KeyResult(key, old.resource_type, unavailable=REASON_UNREACHABLE, outcome="error")
+        for result in results.values():
+            if result.outcome is not None:
+                self._report(result.outcome)
+
+    def _report(self, outcome: FetchOutcome) -> None:
+        if self._on_fetch is None:
+            return
+        try:
+            self._on_fetch(outcome)
+        except Exception:  # metrics must never break a request
+            log.exception("on_fetch callback failed")
+
+
+def _timed_out(late: _KeyResult) -> _KeyResult:
+    """The result of a key whose fetch missed the deadline.
+
+    The worker may still be writing into ``late``, so a new result is built: the prefetch's own first
+    page (kept in ``late.given``) stays, anything the worker added does not.
+    """
+    if late.from_prefetch:
+        return _KeyResult(
+            late.key,
+            late.resource_type,
+            resources=list(late.given),
+            warnings=[f"{late.key}: the remaining pages of results were not read in time"],
+            outcome="timeout",
+            from_prefetch=True,
+        )
+    return _KeyResult(late.key, late.resource_type, unavailable=REASON_TIMEOUT, outcome="timeout")
+
+
+def _retry_pause(retry_after: str | None, attempt: int) -> float | None:
+    """Seconds to wait before retry number ``attempt + 1``: Retry-After when given, else a short backoff."""
+    if retry_after is None or not retry_after.strip():
+        return 0.05 * (2**attempt) * (0.5 + random.random())  # jitter: replicas must not retry in step
+    value = retry_after.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _assemble(templates: Mapping[str, str], results: Mapping[str, _KeyResult]) -> PatientRecord:
+    """Group every key's resources by their own resourceType, de-duplicated by (type, id), in order."""
+    by_type: dict[str, list[Resource]] = {}
+    seen: set[tuple[str, str]] = set()
+    unavailable: dict[str, str] = {}
+    warnings: list[str] = []
+    for key in templates:
+        result = results[key]
+        warnings.extend(result.warnings)
+        if result.unavailable is not None:
+            type_key = result.resource_type or key
+            unavailable.setdefault(type_key, result.unavailable)
+            continue
+        for resource in result.resources:
+            resource_type = resource["resourceType"]
+            resource_id = resource.get("id")
+            if isinstance(resource_id, str):
+                if (resource_type, resource_id) in seen:
+                    continue
+                seen.add((resource_type, resource_id))
+            by_type.setdefault(resource_type, []).append(resource)
+    return PatientRecord(
+        resources={resource_type: tuple(items) for resource_type, items in by_type.items()},
+        unavailable=unavailable,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,187 @@
+"""Background writer for decision audit records, and fork hygiene shared by the stores.
+
+Audit records must never delay or fail a response (PRODUCT.md §6), so the request thread only
+does a non-blocking ``put`` on a bounded queue; one daemon thread per process drains it in batches.
+The thread starts lazily on first use: gunicorn with ``--preload`` builds the app (and the store)
+in the master and forks workers afterwards, and threads do not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+from cds_service.store.base import DecisionAudit, DropCallback, DropReason
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_CAPACITY: Final = 10_000
+DEFAULT_BATCH_SIZE: Final = 200
+# Log a failing audit database at most this often: the writer may fail for every batch while it is down.
+_FAILURE_LOG_INTERVAL_S: Final = 60.0
+
+
+class ForkAware(Protocol):
+    def after_fork_in_child(self) -> None: ...
+
+
+_fork_aware: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the only thread of a freshly forked child, before any other code: no locking races.
+    for obj in list(_fork_aware):
+        obj.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def reset_after_fork(obj: ForkAware) -> None:
+    """Have ``obj.after_fork_in_child()`` called in every forked child (weakly referenced)."""
+    _fork_aware.add(obj)
+
+
+class _Stop:
+    """Queue sentinel that tells the writer thread to finish."""
+
+
+_STOP: Final = _Stop()
+
+
+class AuditWriter:
+    """A bounded queue of :class:`DecisionAudit` records and the daemon thread that writes them in batches."""
+
+    def __init__(
+        self,
+        write_batch: Callable[[Sequence[DecisionAudit]], None],
+        *,
+        capacity: int = DEFAULT_QUEUE_CAPACITY,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_drop: DropCallback | None = None,
+        name: str = "cds-audit-writer",
+    ) -> None:
+        self._write_batch = write_batch
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._on_drop = on_drop
+        self._name = name
+        self._init_process_state()
+        reset_after_fork(self)
+
+    def _init_process_state(self) -> None:
+        self._queue: queue.Queue[DecisionAudit | _Stop] = queue.Queue(maxsize=self._capacity)
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._dropped = 0
+        self._written = 0
+        self._last_failure_log = 0.0
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has no writer thread and must not share the parent's queue or counters."""
+        self._init_process_state()
+
+    def submit(self, record: DecisionAudit) -> None:
+        """Enqueue without blocking; a full queue (or a closed writer) drops the record and counts it."""
+        if self._closed:
+            self._drop("closed", 1)
+            return
+        if self._thread is None:
+            self._start()
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._drop("queue_full", 1)
+
+    def dropped_total(self) -> int:
+        """Records lost in this process."""
+        return self._dropped
+
+    def written_total(self) -> int:
+        """Records written in this process."""
+        return self._written
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the queue is drained (written or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting records, write what is queued (bounded wait), and stop the thread."""
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("audit writer did not drain its queue within %.1f s at close", timeout)
+            return
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("audit writer still busy after %.1f s at close; pending records are lost", timeout)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _drop(self, reason: DropReason, count: int) -> None:
+        self._dropped += count  # a lost increment under a race only makes a counter low by one
+        if self._on_drop is not None:
+            try:
+                self._on_drop(reason, count)
+            except Exception:  # a metrics callback must not break the caller
+                log.exception("audit drop callback failed")
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            taken = 1
+            batch: list[DecisionAudit] = []
+            if isinstance(first, _Stop):
+                stopping = True
+            else:
+                batch.append(first)
+            # Drain what is already queued: one transaction per batch instead of one per record.
+            while not stopping and len(batch) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+                if isinstance(item, _Stop):
+                    stopping = True
+                else:
+                    batch.append(item)
+            try:
+                if batch:
+                    self._write_batch(batch)
+                    self._written += len(batch)
+            except Exception as error:
+                self._drop("write_failed", len(batch))
+                now = time.monotonic()
+                if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
+                    self._last_failure_log = now
+                    # Audit records hold codes and ids only, so the driver's message is safe to log.
+                    log.warning("audit batch of %d records not written: %s: %s", len(batch), type(error).__name__, error)
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()
