@@ -27,6 +27,7 @@ class RatingRecord:
 class Evaluation:
     response: CdsResponse
     ratings: tuple[RatingRecord, ...] = ()
+    warnings: tuple[str, ...] = ()  # data-quality notes for the logs (no patient identifiers)
 
 
 class ClinicalEngine:
