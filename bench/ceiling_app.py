@@ -25,6 +25,7 @@ def create_app() -> Flask:
         return {"cards": []}
 
     @app.get("/healthz")
+    @app.get("/readyz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

@@ -27,7 +27,7 @@ import json
 import random
 import sys
 from collections.abc import Callable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 Resource = dict[str, Any]
@@ -153,7 +153,7 @@ def concept(*codings: dict[str, str], text: str | None = None) -> dict[str, Any]
 
 def instant(day: date, minutes: int = 9 * 60) -> str:
     """An ISO 8601 dateTime with offset on ``day``, ``minutes`` after midnight UTC."""
-    moment = datetime.combine(day, time(0, 0), tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    moment = datetime.combine(day, time(0, 0), tzinfo=UTC) + timedelta(minutes=minutes)
     return moment.isoformat()
 
 
@@ -184,8 +184,8 @@ class _RecordBuilder:
 
     # --- resources -------------------------------------------------------------------------------
 
-    def condition(self, code: dict[str, Any], onset: date, *, status: str = "active", category: str = "problem-list-item",
-                  abatement: date | None = None) -> Resource:
+    def condition(self, code: dict[str, Any], onset: date, *, status: str = "active",
+                  category: str = "problem-list-item", abatement: date | None = None) -> Resource:
         resource: Resource = {
             "resourceType": "Condition",
             "id": self.next_id("cond"),
@@ -486,10 +486,12 @@ def draft_order(variant: int, patient_id: str, anchor: date) -> Resource:
     """The draft imaging order being selected: CT lumbar without contrast (even variants) or MRI (odd)."""
     if variant % 2 == 0:
         code = concept(coding(CPT, "72131", "CT lumbar spine without contrast material"),
-                       coding(LOINC, "30620-9", "CT Lumbar spine WO contrast"), text="CT lumbar spine without contrast")
+                       coding(LOINC, "30620-9", "CT Lumbar spine WO contrast"),
+                       text="CT lumbar spine without contrast")
     else:
         code = concept(coding(CPT, "72148", "MRI lumbar spine without contrast material"),
-                       coding(LOINC, "30679-5", "MR Lumbar spine WO contrast"), text="MRI lumbar spine without contrast")
+                       coding(LOINC, "30679-5", "MR Lumbar spine WO contrast"),
+                       text="MRI lumbar spine without contrast")
     return {
         "resourceType": "ServiceRequest",
         "id": f"draft-imaging-{variant}",

@@ -47,7 +47,7 @@ class Payload:
 class RoundResult:
     """What one round measured: latencies in nanoseconds of completed requests, and the failures."""
 
-    latencies_ns: array = field(default_factory=lambda: array("q"))
+    latencies_ns: array[int] = field(default_factory=lambda: array("q"))
     completed_in_window: int = 0
     errors: int = 0
     first_error: str | None = None

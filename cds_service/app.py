@@ -37,7 +37,7 @@ from cds_service.registry import ServiceDefinition, ServiceRegistry, load_regist
 from cds_service.security import ClientAuthenticator, TrustedClient, build_authenticator, expected_audience
 from cds_service.service import HookServices
 from cds_service.settings import Settings, settings_from_env
-from cds_service.store import DecisionAudit, Store, StoreUnavailable, open_store
+from cds_service.store import DecisionAudit, RatingAudit, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("cds_service.http")
 
@@ -81,7 +81,9 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
         settings=settings,
         registry=registry,
         services=HookServices(registry, settings, data_source),
-        authenticator=build_authenticator(trusted_clients_path=settings.trusted_clients_path, redis_url=settings.redis_url),
+        authenticator=build_authenticator(
+            trusted_clients_path=settings.trusted_clients_path, redis_url=settings.redis_url
+        ),
         store=open_store(settings.database_url, settings.data_dir),
         discovery_body=orjson.dumps(registry.discovery_document()),
     )
@@ -183,9 +185,7 @@ def _definition(registry: ServiceRegistry, service_id: str) -> ServiceDefinition
 def _json_body(settings: Settings) -> Any:
     mimetype = request.mimetype
     if mimetype != JSON_MIMETYPE and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not {mimetype or 'missing'!r}"
-        )
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {mimetype or 'missing'!r}")
     return decode_json(request.get_data(cache=False), max_depth=settings.max_json_depth)
 
 
@@ -200,7 +200,8 @@ def _audit(store: Store, result: Any, client: TrustedClient | None, duration_ms:
                 client_iss=client.iss if client else None,
                 evaluated_at=datetime.now(UTC),
                 ratings=tuple(
-                    (r.order_reference, r.procedure_key, r.rating, r.consult_id) for r in result.evaluation.ratings
+                    RatingAudit(r.order_reference, r.procedure_key, r.rating, r.consult_id)
+                    for r in result.evaluation.ratings
                 ),
                 card_ids=tuple(card.uuid for card in result.evaluation.response.cards),
                 card_indicators=tuple(card.indicator for card in result.evaluation.response.cards),
@@ -302,9 +303,7 @@ def _http_error_response(error: HTTPException) -> Response:
     elif status == 405:
         typed = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
     elif status == 413:
-        typed = PayloadTooLarge(
-            f"the request body exceeds {components().settings.max_body_bytes} bytes"
-        )
+        typed = PayloadTooLarge(f"the request body exceeds {components().settings.max_body_bytes} bytes")
     elif status in _HTTP_ERRORS:
         typed = _HTTP_ERRORS[status](error.description or "bad request")
     else:

@@ -166,7 +166,10 @@ def parse_feedback(body: object) -> tuple[FeedbackItem, ...]:
     if errors:
         first = min(enumerate(errors), key=lambda pair: (_document_position(body, pair[1].absolute_path), pair[0]))[1]
         path = json_path(first.absolute_path)
-        raise BadRequest(f"{path}: {_describe(first)}", expression=path)
+        message = f"{path}: {_describe(first)}"
+        if len(message) > _MAX_MESSAGE_CHARS:
+            message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
+        raise BadRequest(message, expression=path)
     assert isinstance(body, Mapping)  # guaranteed by the schema; narrows the type for mypy
     return tuple(_item_from_json(index, item) for index, item in enumerate(body["feedback"]))
 
@@ -214,8 +217,7 @@ def _describe(error: ValidationError) -> str:
         return f"{_short_repr(error.instance)} is not an RFC 3339 date-time (e.g. 2021-12-11T10:05:31Z)"
     if error.validator == "type":
         return f"{_short_repr(error.instance)} is not of type {error.validator_value!r}"
-    message = str(error.message)
-    return message if len(message) <= _MAX_MESSAGE_CHARS else message[: _MAX_MESSAGE_CHARS - 3] + "..."
+    return str(error.message)
 
 
 def _short_repr(value: object) -> str:

@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import orjson
@@ -305,7 +305,7 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _is_resource(value: Any) -> bool:
+def _is_resource(value: object) -> TypeGuard[Mapping[str, Any]]:
     return isinstance(value, Mapping) and isinstance(value.get("resourceType"), str)
 
 
@@ -491,10 +491,11 @@ class FhirDataSource:
     # -- network ------------------------------------------------------------------------------
 
     def _run_network_step(
-        self, result: _KeyResult, url: str, base: str, token: str | None, deadline: _Deadline
+        self, result: _KeyResult, first_url: str, base: str, token: str | None, deadline: _Deadline
     ) -> _KeyResult:
-        """Worker: fetch ``url`` and its next pages into ``result``. Runs in the thread pool."""
+        """Worker: fetch ``first_url`` and its next pages into ``result``. Runs in the thread pool."""
         started = time.monotonic()
+        url: str | None = first_url
         pages = 1 if result.from_prefetch else 0
         status: int | None = None
         try:
@@ -506,11 +507,11 @@ class FhirDataSource:
                     )
                     break
                 body, status = self._get_json(url, base, token, deadline)
-                pages += 1
                 if not _is_resource(body):
                     raise _FetchFailed("error", REASON_NOT_FHIR, status)
                 if body["resourceType"] == "OperationOutcome":
                     raise _FetchFailed("error", f"the FHIR server could not provide {result.key}", status)
+                pages += 1
                 if body["resourceType"] != "Bundle":
                     result.resources.append(body)
                     break
@@ -521,7 +522,7 @@ class FhirDataSource:
                         f"{result.key}: the next page of results is not on the FHIR server and was not read"
                     )
                     next_url = None
-                url = urljoin(url, next_url) if next_url else None  # type: ignore[assignment]
+                url = urljoin(url, next_url) if next_url else None
             result.outcome = "ok"
         except _FetchFailed as failure:
             result.outcome = failure.outcome
@@ -631,8 +632,11 @@ class FhirDataSource:
                 results[key] = _timed_out(results[key])
                 log.info("fhir fetch timed out", extra={"fields": {"prefetch_key": key}})
             elif future.exception() is not None:  # a bug, not a server answer: still one key only
-                log.error("fhir fetch failed unexpectedly", exc_info=future.exception(),
-                          extra={"fields": {"prefetch_key": key}})
+                log.error(
+                    "fhir fetch failed unexpectedly",
+                    exc_info=future.exception(),
+                    extra={"fields": {"prefetch_key": key}},
+                )
                 old = results[key]
                 results[key] = _KeyResult(key, old.resource_type, unavailable=REASON_UNREACHABLE, outcome="error")
         for result in results.values():
@@ -669,7 +673,7 @@ def _timed_out(late: _KeyResult) -> _KeyResult:
 def _retry_pause(retry_after: str | None, attempt: int) -> float | None:
     """Seconds to wait before retry number ``attempt + 1``: Retry-After when given, else a short backoff."""
     if retry_after is None or not retry_after.strip():
-        return 0.05 * (2**attempt) * (0.5 + random.random())  # jitter: replicas must not retry in step
+        return 0.05 * (2.0**attempt) * (0.5 + random.random())  # jitter: replicas must not retry in step
     value = retry_after.strip()
     if value.isdigit():
         return float(value)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
-REQUESTS = Counter("cds_requests_total", "HTTP requests by endpoint kind, service and status", ["endpoint", "service", "status"])
+REQUESTS = Counter(
+    "cds_requests_total", "HTTP requests by endpoint kind, service and status", ["endpoint", "service", "status"]
+)
 LATENCY = Histogram(
     "cds_request_duration_seconds",
     "Time to answer a CDS service call, by service",
@@ -22,7 +23,9 @@ LATENCY = Histogram(
 CARDS = Counter("cds_cards_total", "Cards returned, by service and indicator", ["service", "indicator"])
 RATINGS = Counter("cds_ratings_total", "Orders rated, by service and rating", ["service", "rating"])
 FHIR_FETCHES = Counter("cds_fhir_fetch_total", "Fallback FHIR fetches by outcome", ["outcome"])
-FEEDBACK = Counter("cds_feedback_items_total", "Feedback items received, by service and outcome", ["service", "outcome"])
+FEEDBACK = Counter(
+    "cds_feedback_items_total", "Feedback items received, by service and outcome", ["service", "outcome"]
+)
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Requests refused with 401")
 STORE_ERRORS = Counter("cds_store_errors_total", "Store operations that failed", ["operation"])
 

@@ -25,7 +25,9 @@ def _services() -> HookServices:
 
 
 def _build(settings: Settings) -> HookServices:
-    return HookServices(load_registry(settings.hooks_dir), settings, FhirDataSource(total_timeout=settings.fhir_timeout))
+    return HookServices(
+        load_registry(settings.hooks_dir), settings, FhirDataSource(total_timeout=settings.fhir_timeout)
+    )
 
 
 def evaluate_request(body: Any, *, now: datetime, service_id: str | None = None) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def _load_definition(path: Path) -> ServiceDefinition:
     return ServiceDefinition(
         id=service_id,
         hook=hook,
-        title=raw.get("title", service_id),
+        title=str(raw.get("title") or service_id),
         description=raw["description"],
         prefetch=MappingProxyType(dict(prefetch)),
         discovery=MappingProxyType(discovery),

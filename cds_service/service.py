@@ -50,7 +50,9 @@ class HookServices:
         now: datetime,
         allowed_fhir_servers: Collection[str],
     ) -> ServiceResult:
-        validated: Mapping[str, Any] = validate_hook_request(body, service_id=definition.id, expected_hook=definition.hook)
+        validated: Mapping[str, Any] = validate_hook_request(
+            body, service_id=definition.id, expected_hook=definition.hook
+        )
         request = hook_request_from_json(definition.id, validated)
         started = time.perf_counter()
         record = self.data_source.resolve(definition.prefetch, request, allowed_fhir_servers)

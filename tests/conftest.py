@@ -51,4 +51,3 @@ def redis_url() -> Iterator[str]:
     """URL of the real Redis server (database 15, flushed by the tests that use it)."""
     _require("Redis", "127.0.0.1", 6379)
     yield REDIS_URL
-

@@ -53,8 +53,11 @@ def test_discovery_lists_both_services_without_private_settings(client: FlaskCli
 def test_cors_preflight_on_every_route(client: FlaskClient, path: str) -> None:
     response = client.options(
         path,
-        headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type"},
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
     )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "*"
@@ -76,7 +79,9 @@ def test_order_sign_call(client: FlaskClient) -> None:
 
 
 def test_unknown_service_is_404(client: FlaskClient) -> None:
-    assert_operation_outcome(client.post("/cds-services/nope", json=minimal_request()), 404, "no CDS service with id 'nope'")
+    assert_operation_outcome(
+        client.post("/cds-services/nope", json=minimal_request()), 404, "no CDS service with id 'nope'"
+    )
 
 
 def test_unknown_path_is_404(client: FlaskClient) -> None:
@@ -133,8 +138,12 @@ FEEDBACK = {
         {
             "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
             "outcome": "overridden",
-            "overrideReason": {"reason": {"code": "proceed-with-order",
-                                          "system": "http://lumbar-imaging-cds.example.org/fhir/CodeSystem/override-reason"}},
+            "overrideReason": {
+                "reason": {
+                    "code": "proceed-with-order",
+                    "system": "http://lumbar-imaging-cds.example.org/fhir/CodeSystem/override-reason",
+                }
+            },
             "outcomeTimestamp": "2026-11-27T10:05:31Z",
         }
     ]
@@ -179,7 +188,9 @@ class TestAuthentication:
         path = key.trusted_clients_file(tmp_path)
         return make_app(tmp_path, trusted_clients_path=str(path), public_url="https://cds.example.org").test_client()
 
-    @pytest.mark.parametrize(("method", "path"), [("get", "/cds-services"), ("post", SELECT), ("post", f"{SELECT}/feedback")])
+    @pytest.mark.parametrize(
+        ("method", "path"), [("get", "/cds-services"), ("post", SELECT), ("post", f"{SELECT}/feedback")]
+    )
     def test_missing_token_is_401_without_details(self, secured: FlaskClient, method: str, path: str) -> None:
         response = getattr(secured, method)(path, json=minimal_request())
         body = assert_operation_outcome(response, 401)

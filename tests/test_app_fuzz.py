@@ -16,7 +16,9 @@ from test_protocol_validation import minimal_request
 
 SELECT = "/cds-services/lumbar-imaging-order-select"
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20)
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20)
+)
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
@@ -24,14 +26,28 @@ json_values = st.recursive(
 )
 # Paths into a valid request where a hostile value is planted.
 PATHS = [
-    ["hook"], ["hookInstance"], ["fhirServer"], ["fhirAuthorization"], ["context"], ["context", "userId"],
-    ["context", "patientId"], ["context", "encounterId"], ["context", "selections"], ["context", "selections", 0],
-    ["context", "draftOrders"], ["context", "draftOrders", "entry"], ["context", "draftOrders", "entry", 0],
-    ["context", "draftOrders", "entry", 0, "resource"], ["context", "draftOrders", "entry", 0, "resource", "code"],
-    ["context", "draftOrders", "entry", 0, "resource", "status"], ["prefetch"], ["prefetch", "conditions"],
-    ["prefetch", "patient"], ["prefetch", "medicationStatements"], ["extension"],
+    ["hook"],
+    ["hookInstance"],
+    ["fhirServer"],
+    ["fhirAuthorization"],
+    ["context"],
+    ["context", "userId"],
+    ["context", "patientId"],
+    ["context", "encounterId"],
+    ["context", "selections"],
+    ["context", "selections", 0],
+    ["context", "draftOrders"],
+    ["context", "draftOrders", "entry"],
+    ["context", "draftOrders", "entry", 0],
+    ["context", "draftOrders", "entry", 0, "resource"],
+    ["context", "draftOrders", "entry", 0, "resource", "code"],
+    ["context", "draftOrders", "entry", 0, "resource", "status"],
+    ["prefetch"],
+    ["prefetch", "conditions"],
+    ["prefetch", "patient"],
+    ["prefetch", "medicationStatements"],
+    ["extension"],
 ]
-
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +73,32 @@ def _plant(path: list[Any], value: Any) -> dict[str, Any]:
 
 
 def _resource_like() -> st.SearchStrategy[dict[str, Any]]:
-    types = st.sampled_from(["Condition", "MedicationStatement", "Observation", "ServiceRequest", "Patient", "Bundle", "X"])
-    return st.builds(lambda t, extra: {"resourceType": t, **extra}, types, st.dictionaries(
-        st.sampled_from(["id", "code", "status", "subject", "onsetDateTime", "entry", "clinicalStatus", "valueQuantity",
-                         "medicationCodeableConcept", "effectivePeriod", "birthDate"]), json_values, max_size=5))
+    types = st.sampled_from(
+        ["Condition", "MedicationStatement", "Observation", "ServiceRequest", "Patient", "Bundle", "X"]
+    )
+    return st.builds(
+        lambda t, extra: {"resourceType": t, **extra},
+        types,
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "code",
+                    "status",
+                    "subject",
+                    "onsetDateTime",
+                    "entry",
+                    "clinicalStatus",
+                    "valueQuantity",
+                    "medicationCodeableConcept",
+                    "effectivePeriod",
+                    "birthDate",
+                ]
+            ),
+            json_values,
+            max_size=5,
+        ),
+    )
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -47,8 +47,11 @@ def test_empty_members_are_dropped_recursively_also_inside_resources() -> None:
 
 @pytest.mark.parametrize(
     ("location", "top", "legacy"),
-    [(SystemActionsLocation.TOP, True, False), (SystemActionsLocation.EXTENSION, False, True),
-     (SystemActionsLocation.BOTH, True, True)],
+    [
+        (SystemActionsLocation.TOP, True, False),
+        (SystemActionsLocation.EXTENSION, False, True),
+        (SystemActionsLocation.BOTH, True, True),
+    ],
 )
 def test_system_actions_location(location: SystemActionsLocation, top: bool, legacy: bool) -> None:
     body = response_to_json(CdsResponse(system_actions=(_rating_action(),)), location)

@@ -59,8 +59,16 @@ def _mutated(path: list[Any], value: Any = None, delete: bool = False) -> dict[s
         (_mutated(["context", "draftOrders", "resourceType"], "Patient"), "context.draftOrders.resourceType:"),
         (_mutated(["fhirServer"], "ftp://x"), "fhirServer: 'ftp://x' does not match"),
         (
-            _mutated(["fhirAuthorization"], {"access_token": "t", "token_type": "Bearer", "expires_in": 30,
-                                            "scope": "patient/*.read", "subject": "cds"}),
+            _mutated(
+                ["fhirAuthorization"],
+                {
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": 30,
+                    "scope": "patient/*.read",
+                    "subject": "cds",
+                },
+            ),
             "(root): 'fhirServer' is a dependency of 'fhirAuthorization'",
         ),
         (_mutated(["prefetch"], {"patient": "Patient/1"}), "prefetch.patient: 'Patient/1' is not valid"),
@@ -84,7 +92,12 @@ def test_body_must_be_an_object() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"", "empty"), (b"{", "not valid JSON"), (b"\xff\xfe", "not valid JSON"), (b"[" * 70 + b"]" * 70, "deeper than 64")],
+    [
+        (b"", "empty"),
+        (b"{", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[" * 70 + b"]" * 70, "deeper than 64"),
+    ],
 )
 def test_decode_refuses_bad_json(raw: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):

@@ -33,8 +33,11 @@ def test_serve_answers_discovery_services_feedback_and_metrics() -> None:
         metrics = http.get(f"{service.base_url}/metrics", timeout=5).text
         # Multi-process mode: the counters of both workers are summed into one series.
         line = next(
-            line for line in metrics.splitlines()
-            if line.startswith('cds_requests_total{endpoint="call_service",service="lumbar-imaging-order-select",status="200"}')
+            line
+            for line in metrics.splitlines()
+            if line.startswith(
+                'cds_requests_total{endpoint="call_service",service="lumbar-imaging-order-select",status="200"}'
+            )
         )
         assert float(line.split()[-1]) == 4.0
         log = service.log_text()
@@ -68,7 +71,10 @@ def test_serve_refuses_a_public_bind_in_open_mode() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     result = subprocess.run(
         [*cds_service_command(), "serve", "--host", "0.0.0.0", "--port", "1"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "refusing to bind 0.0.0.0: no trusted clients are configured" in result.stderr
@@ -81,8 +87,13 @@ def test_logs_carry_no_token_and_no_patient_identifier() -> None:
     body = minimal_request()
     body["context"]["patientId"] = patient_id
     body["fhirServer"] = "https://ehr.example.org/fhir"  # not allowed: no call is made
-    body["fhirAuthorization"] = {"access_token": secret_token, "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "cds-service"}
+    body["fhirAuthorization"] = {
+        "access_token": secret_token,
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
     with running_service() as service, requests.Session() as http:
         assert http.post(f"{service.base_url}{SELECT}", json=body, timeout=10).status_code == 200
         bad = dict(body, hook="order-sign")

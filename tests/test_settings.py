@@ -47,7 +47,10 @@ def test_values_are_parsed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CDS_TRUSTED_CLIENTS": "/nonexistent/clients.json"}, "CDS_TRUSTED_CLIENTS='/nonexistent/clients.json': no such file"),
+        (
+            {"CDS_TRUSTED_CLIENTS": "/nonexistent/clients.json"},
+            "CDS_TRUSTED_CLIENTS='/nonexistent/clients.json': no such file",
+        ),
         ({"CDS_ALLOW_OPEN": "maybe"}, "CDS_ALLOW_OPEN='maybe': expected 1 or 0"),
         ({"CDS_FHIR_SERVERS": "ftp://x"}, "CDS_FHIR_SERVERS: 'ftp://x' is not an http(s) URL"),
         ({"CDS_DATABASE_URL": "mysql://x"}, "CDS_DATABASE_URL: expected sqlite:///path or postgresql://"),

@@ -44,7 +44,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class SymptomEpisode:
-    """The back-pain episode: the earliest onset of any back pain, sciatica, radiculopathy, disc or stenosis condition."""
+    """The back-pain episode: earliest onset of any back pain, sciatica, radiculopathy, disc or stenosis condition."""
 
     onset: date | None
     weeks: float | None  # at ``now``; None when no onset date is known
@@ -99,6 +99,7 @@ class DraftOrder:
     concepts: frozenset[str] = frozenset()  # concepts of the order's own code (ESI, referral ...)
     reason_concepts: frozenset[str] = frozenset()  # concepts of its reasonCode
     authored: date | None = None
+    priority: str | None = None  # routine | urgent | asap | stat, as ordered
     # The raw JSON resource: opaque to the core; cards copy it into update actions (CDS Hooks updates carry the whole
     # resource).
     raw: Mapping[str, Any] | None = field(default=None, compare=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
@@ -19,7 +19,7 @@ ActionType = Literal["create", "update", "delete"]
 LinkType = Literal["absolute", "smart"]
 
 
-class SystemActionsLocation(str, Enum):
+class SystemActionsLocation(StrEnum):
     """Where rating actions go (``CDS_SYSTEM_ACTIONS``)."""
 
     TOP = "top"  # CDS Hooks 2.0 top-level ``systemActions``
@@ -34,7 +34,7 @@ class Coding:
     display: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _compact({"system": self.system, "code": self.code, "display": self.display})
+        return _compact_object({"system": self.system, "code": self.code, "display": self.display})
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,13 @@ class Source:
     topic: Coding | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _compact(
-            {"label": self.label, "url": self.url, "icon": self.icon, "topic": self.topic.to_json() if self.topic else None}
+        return _compact_object(
+            {
+                "label": self.label,
+                "url": self.url,
+                "icon": self.icon,
+                "topic": self.topic.to_json() if self.topic else None,
+            }
         )
 
 
@@ -65,7 +70,7 @@ class Action:
             raise ValueError("a delete action needs a resourceId")
 
     def to_json(self) -> dict[str, Any]:
-        return _compact(
+        return _compact_object(
             {
                 "uuid": self.uuid,
                 "type": self.type,
@@ -84,7 +89,7 @@ class Suggestion:
     is_recommended: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _compact(
+        return _compact_object(
             {
                 "label": self.label,
                 "uuid": self.uuid,
@@ -103,7 +108,7 @@ class Link:
     autolaunchable: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _compact(
+        return _compact_object(
             {
                 "label": self.label,
                 "url": self.url,
@@ -137,7 +142,7 @@ class Card:
             raise ValueError("at-most-one allows at most one recommended suggestion")
 
     def to_json(self) -> dict[str, Any]:
-        return _compact(
+        return _compact_object(
             {
                 "uuid": self.uuid,
                 "summary": self.summary,
@@ -171,10 +176,15 @@ def response_to_json(
         body["systemActions"] = actions
     if actions and location in (SystemActionsLocation.EXTENSION, SystemActionsLocation.BOTH):
         extension["systemActions"] = actions
-    compact_extension = _compact(extension)
+    compact_extension = _compact_object(extension)
     if compact_extension:
         body["extension"] = compact_extension
     return body
+
+
+def _compact_object(value: Mapping[str, Any]) -> dict[str, Any]:
+    compacted: dict[str, Any] = _compact(value)
+    return compacted
 
 
 def _is_empty(value: Any) -> bool:

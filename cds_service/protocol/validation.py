@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -45,7 +45,7 @@ def check_depth(value: Any, max_depth: int) -> None:
             stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_validator(name: str) -> Draft202012Validator:
     """A compiled validator for ``cds_service/schemas/<name>.schema.json`` (built once per process)."""
     text = resources.files("cds_service.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")

@@ -40,7 +40,7 @@ def _after_fork_in_child() -> None:
         obj.after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+#os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def reset_after_fork(obj: ForkAware) -> None:
@@ -181,7 +181,9 @@ class AuditWriter:
                 if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
                     self._last_failure_log = now
                     # Audit records hold codes and ids only, so the driver's message is safe to log.
-                    log.warning("audit batch of %d records not written: %s: %s", len(batch), type(error).__name__, error)
+                    log.warning(
+                        "audit batch of %d records not written: %s: %s", len(batch), type(error).__name__, error
+                    )
             finally:
                 for _ in range(taken):
                     self._queue.task_done()

@@ -1,0 +1,599 @@
+"""The decision core: facts and draft orders in, a Decision out. PURE: no Flask, no I/O, no clock, no FHIR.
+
+Recommendation (ACR Appropriateness Criteria, Low Back Pain, 2021 update; Hutchins TA et al., JACR
+2021;18(11S):S361-S379): uncomplicated low back pain, with or without radiculopathy, warrants no imaging;
+imaging is considered after 6 weeks of optimal medical management in a surgery or intervention candidate
+(variant 3), or at once for red flags: cauda equina (variant 4), cancer, infection or immunosuppression
+(variant 7), fracture risk (variant 6) and prior lumbar surgery (variant 5).
+
+When / Then (PRODUCT.md §3.3-§3.5):
+
+* When a lumbar imaging order is selected, then every ACR variant still *possible* given what is known is
+  found, in the precedence V4 -> V7 -> V6 -> V5 -> V3 -> V1/V2 (data that could not be obtained keeps a
+  variant possible), and the order is rated only when all of them give the same rating.
+* When a red flag is on record, then its card is always shown; the highest-precedence variant drives it.
+* When the patient has failed conservative therapy, then MRI lumbar spine without contrast is the next step:
+  convert another imaging order to it, or create it from an NSAID, steroid, injection or referral order.
+* When there is no red flag and no failed therapy, then the imaging order should be removed.
+* Safety concerns (implant and MRI; contrast MRI and low eGFR, dialysis, allergy, pregnancy) change the
+  suggestions, never the rating. A lumbar MRI in the last 12 months makes a new one a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Literal
+
+from cds_service.clinical.facts import ClinicalFacts, DraftOrder, Finding, MedicationCourse, PriorImaging
+from cds_service.knowledge import AcrCategory, Thresholds
+
+RatingCode = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
+Indicator = Literal["info", "warning", "critical"]
+ActionKind = Literal["create", "update", "delete"]
+Priority = Literal["routine", "stat"]
+ConcernKind = Literal[
+    "cauda-equina",
+    "cancer-infection",
+    "fracture-risk",
+    "prior-surgery",
+    "failed-therapy-convert",
+    "failed-therapy-create",
+    "confirm-candidacy",
+    "conservative-care-early",
+    "conservative-care-no-trial",
+    "duplicate-mri",
+    "mri-implant",
+    "contrast-safety",
+    "missing-data",
+]
+
+# ACR variants in order of precedence (clinical.md §2.2 point 5); 3 and 1/2 are the "no red flag" baseline.
+RED_FLAG_PRECEDENCE: tuple[int, ...] = (4, 7, 6, 5)
+_RATING_OF_CATEGORY: Mapping[AcrCategory, RatingCode] = {
+    "UA": "appropriate",
+    "MBA": "appropriate",
+    "UNA": "not-appropriate",
+}
+
+MRI_KEYS = frozenset({"MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO", "MR_LSPINE"})
+CONTRAST_MRI_KEYS = frozenset({"MR_LSPINE_W", "MR_LSPINE_WWO"})
+CONTRAST_KEYS = CONTRAST_MRI_KEYS | frozenset({"CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE"})
+MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
+
+INDICATION_CONCEPTS = frozenset(
+    {
+        "low_back_pain",
+        "sciatica",
+        "lumbar_radiculopathy",
+        "lumbar_disc_disorder",
+        "lumbar_stenosis",
+        "cauda_equina_syndrome",
+    }
+)
+RADICULAR_CONCEPTS = frozenset({"sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis"})
+_CAUDA_EQUINA_SIGNS = frozenset({"urinary_retention", "fecal_incontinence", "saddle_anesthesia"})
+_V7_CONCEPTS = frozenset(
+    {
+        "malignancy",
+        "spinal_infection",
+        "iv_drug_use",
+        "hiv",
+        "transplant",
+        "immunosuppression",
+        "long_term_steroids",
+        "weight_loss",
+    }
+)
+_V6_CONCEPTS = frozenset({"osteoporosis", "vertebral_fracture", "long_term_steroids", "low_velocity_trauma"})
+_MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
+_IMAGING_TYPES = ("ServiceRequest", "DiagnosticReport", "ImagingStudy")
+# Which unobtainable resource types could hide each variant's trigger.
+_SOURCES_OF_VARIANT: Mapping[int, tuple[str, ...]] = {
+    4: ("Condition",),
+    7: ("Condition", *_MEDICATION_TYPES, "Procedure"),
+    6: ("Condition", *_MEDICATION_TYPES, "Patient"),
+    5: ("Condition", "Procedure"),
+}
+# Procedures each red-flag variant suggests, best first (PRODUCT.md §3.5).
+_VARIANT_ALTERNATIVES: Mapping[int, tuple[str, ...]] = {
+    4: (MRI_WITHOUT_CONTRAST,),
+    7: ("MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST),
+    6: ("XR_LSPINE", MRI_WITHOUT_CONTRAST, "CT_LSPINE_WO"),
+    5: ("MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST, "XR_LSPINE"),
+}
+_VARIANT_CONCERN: Mapping[int, ConcernKind] = {
+    4: "cauda-equina",
+    7: "cancer-infection",
+    6: "fracture-risk",
+    5: "prior-surgery",
+}
+_VARIANT_INDICATOR: Mapping[int, Indicator] = {4: "critical", 7: "warning", 6: "warning", 5: "info"}
+_DAYS_PER_MONTH = 30.44
+
+
+@dataclass(frozen=True)
+class Rating:
+    code: RatingCode
+    category: AcrCategory | None  # the ACR category for the translation coding; None for no-criteria-apply
+    variants: tuple[int, ...]  # the variants that were possible when the order was rated
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One suggestion the cards should offer (what to do, not how to say it)."""
+
+    purpose: str  # stable id part: "convert-MR_LSPINE_WO", "create-MR_LSPINE_WO", "remove", "mark-stat"
+    action: ActionKind
+    procedure_key: str | None = None
+    priority: Priority = "routine"
+    recommended: bool = False
+
+
+@dataclass(frozen=True)
+class Concern:
+    """One card's worth of decision: one order, one concern."""
+
+    kind: ConcernKind
+    order: str  # the draft order reference the card is about
+    indicator: Indicator
+    proposals: tuple[Proposal, ...] = ()
+    findings: tuple[Finding, ...] = ()  # evidence to cite (red flags, implants, prior imaging ...)
+    missing_types: tuple[str, ...] = ()  # for "missing-data": resource types that could not be obtained
+
+
+@dataclass(frozen=True)
+class TherapyAssessment:
+    """Conservative therapy on record (PRODUCT.md §3.2); ``None`` members are unknown, not false."""
+
+    symptom_weeks: float | None
+    duration_met: bool | None
+    nsaid_courses: tuple[MedicationCourse, ...]  # systemic NSAIDs within the episode
+    steroid_courses: tuple[MedicationCourse, ...]  # bursts and prolonged courses (trials) within the episode
+    long_term_steroids: tuple[MedicationCourse, ...]  # not a trial: a red flag
+    physical_therapy: tuple[Finding, ...]
+    nsaid_adequate: bool
+    adequate: bool | None
+    active: bool
+    failed: bool | None
+    radicular: bool
+    candidate: bool | None  # documented surgery/intervention referral (on record or among the draft orders)
+
+
+@dataclass(frozen=True)
+class VariantAssessment:
+    possible: tuple[int, ...]  # variants possible given what is known, in precedence order
+    driving: int | None  # the variant that drives the card (highest-precedence one on record), if determined
+    flags: Mapping[int, tuple[Finding, ...]]  # red flags on record, per matched red-flag variant
+    unknown_sources: tuple[str, ...]  # resource types whose absence keeps some variant possible
+
+
+@dataclass(frozen=True)
+class OrderDecision:
+    order: DraftOrder
+    rating: Rating | None
+    variants: VariantAssessment | None
+    concerns: tuple[Concern, ...]
+    no_recent_egfr: bool = False  # a contrast order and no eGFR within the look-back: said in the card detail
+
+
+@dataclass(frozen=True)
+class Decision:
+    orders: tuple[OrderDecision, ...]
+    therapy: TherapyAssessment
+
+    @property
+    def determined_anything(self) -> bool:
+        """False when no selected order got a rating or a card other than the missing-data one."""
+        return any(o.rating is not None or any(c.kind != "missing-data" for c in o.concerns) for o in self.orders)
+
+    @property
+    def needs_data(self) -> bool:
+        """True when some selected order could not be answered for lack of data."""
+        return any(c.kind == "missing-data" for o in self.orders for c in o.concerns)
+
+
+def decide(
+    facts: ClinicalFacts,
+    orders: tuple[DraftOrder, ...],
+    thresholds: Thresholds,
+    today: date,
+    acr_category: Callable[[str, int], AcrCategory],
+) -> Decision:
+    """Decide ratings and concerns for every selected draft order. Pure: same input, same output."""
+    therapy = assess_therapy(facts, orders, thresholds, today)
+    decisions = tuple(
+        _decide_order(order, facts, orders, therapy, thresholds, today, acr_category)
+        for order in orders
+        if order.selected
+    )
+    return Decision(orders=decisions, therapy=therapy)
+
+
+# ----------------------------------------------------------------------------------------------- therapy
+def assess_therapy(
+    facts: ClinicalFacts, orders: tuple[DraftOrder, ...], thresholds: Thresholds, today: date
+) -> TherapyAssessment:
+    """Symptom duration, adequate trials and candidacy (PRODUCT.md §3.2)."""
+    episode = facts.episode
+    conditions_known = facts.is_known("Condition")
+    if episode.weeks is not None:
+        duration_met: bool | None = episode.weeks >= thresholds.symptom_weeks
+    else:
+        # Conditions obtained with no dated episode: the duration is not documented, so it is not met.
+        duration_met = False if conditions_known else None
+    onset = episode.onset
+
+    def in_episode(course: MedicationCourse) -> bool:
+        last_day = course.end or course.start or today
+        return onset is None or last_day >= onset
+
+    nsaids = tuple(c for c in facts.courses if c.drug_class == "nsaid" and in_episode(c))
+    steroids = tuple(
+        c
+        for c in facts.courses
+        if c.drug_class == "systemic_corticosteroid" and c.kind in ("burst", "prolonged", "trial") and in_episode(c)
+    )
+    long_term = tuple(c for c in facts.courses if c.kind == "long_term")
+    nsaid_adequate = len(nsaids) >= thresholds.nsaid_trial_min_orders or any(
+        c.weeks is not None and c.weeks >= thresholds.nsaid_trial_weeks for c in nsaids
+    )
+    found_trial = nsaid_adequate or bool(steroids) or bool(facts.physical_therapy)
+    therapy_known = facts.is_known(*_MEDICATION_TYPES, "Procedure", "ServiceRequest")
+    adequate: bool | None = True if found_trial else (False if therapy_known else None)
+    active = episode.active or not conditions_known
+    failed = _and3(duration_met, adequate, active)
+    draft_candidacy = any(o.kind in ("procedure", "referral") for o in orders)
+    if facts.intervention_referrals or draft_candidacy:
+        candidate: bool | None = True
+    else:
+        candidate = False if facts.is_known("ServiceRequest", "Procedure") else None
+    return TherapyAssessment(
+        symptom_weeks=episode.weeks,
+        duration_met=duration_met,
+        nsaid_courses=nsaids,
+        steroid_courses=steroids,
+        long_term_steroids=long_term,
+        physical_therapy=facts.physical_therapy,
+        nsaid_adequate=nsaid_adequate,
+        adequate=adequate,
+        active=episode.active,
+        failed=failed,
+        radicular=episode.radicular,
+        candidate=candidate,
+    )
+
+
+def _and3(*values: bool | None) -> bool | None:
+    """Three-valued AND: False wins, then unknown."""
+    if any(v is False for v in values):
+        return False
+    if any(v is None for v in values):
+        return None
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- variants
+def assess_variants(
+    facts: ClinicalFacts,
+    therapy: TherapyAssessment,
+    order: DraftOrder,
+    thresholds: Thresholds,
+    today: date,
+) -> VariantAssessment:
+    """The ACR variants possible for this order, in precedence order, and the one that drives the card."""
+    flags = _red_flags(facts, therapy, order, thresholds, today)
+    possible: list[int] = []
+    unknown_sources: list[str] = []
+    driving: int | None = None
+    for variant in RED_FLAG_PRECEDENCE:
+        if flags.get(variant):
+            possible.append(variant)
+            driving = variant
+            break
+        missing = [t for t in _SOURCES_OF_VARIANT[variant] if t in facts.unknown_types]
+        if variant == 6 and facts.age is None and "Patient" not in missing:
+            missing.append("Patient")  # no birth date: age is unknown, not young
+        if variant == 7 and not missing and _fever_pending(facts, order):
+            missing.append("Observation")
+        if missing:
+            possible.append(variant)
+            unknown_sources.extend(t for t in missing if t not in unknown_sources)
+    if driving is None:
+        baseline, baseline_unknown = _baseline_variants(facts, therapy, order)
+        possible.extend(baseline)
+        unknown_sources.extend(t for t in baseline_unknown if t not in unknown_sources)
+        if len(baseline) == 1 and not unknown_sources:
+            driving = baseline[0]
+    matched = {variant: found for variant, found in flags.items() if found}
+    return VariantAssessment(tuple(possible), driving, matched, tuple(unknown_sources))
+
+
+def _red_flags(
+    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds, today: date
+) -> dict[int, tuple[Finding, ...]]:
+    findings = list(facts.red_flags)
+    # The order's own reason codes are evidence too (e.g. an order placed "for suspected cauda equina").
+    findings.extend(
+        Finding(concept, order.reference, order.authored, concept) for concept in sorted(order.reason_concepts)
+    )
+    for course in therapy.long_term_steroids:
+        findings.append(Finding("long_term_steroids", course.reference, course.start, course.ingredient))
+    concepts = {f.concept for f in findings}
+    has_back_pain = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
+
+    v4 = [f for f in findings if f.concept == "cauda_equina_syndrome"]
+    if has_back_pain:
+        v4 += [f for f in findings if f.concept in _CAUDA_EQUINA_SIGNS]
+    v7 = [f for f in findings if f.concept in _V7_CONCEPTS]
+    if concepts & {"iv_drug_use", "recent_infection"}:
+        v7 += [f for f in findings if f.concept == "fever"]
+        temperature = facts.max_temperature
+        if temperature is not None and temperature.value >= thresholds.fever_celsius:
+            v7.append(Finding("fever", temperature.reference, temperature.recorded, f"{temperature.value:.1f}"))
+    v6 = [f for f in findings if f.concept in _V6_CONCEPTS]
+    if facts.age is not None and facts.age >= thresholds.fracture_risk_age:
+        v6.append(Finding("advanced_age", "Patient", None, str(facts.age)))
+    v5 = [f for f in findings if f.concept == "prior_lumbar_surgery"]
+    return {4: tuple(v4), 7: tuple(v7), 6: tuple(v6), 5: tuple(v5)}
+
+
+def _fever_pending(facts: ClinicalFacts, order: DraftOrder) -> bool:
+    """Recent infection on record but temperatures unknown: fever (hence variant 7) stays possible."""
+    concepts = {f.concept for f in facts.red_flags} | order.reason_concepts
+    return "recent_infection" in concepts and "Observation" in facts.unknown_types
+
+
+def _baseline_variants(
+    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Variant 3 or 1/2 (no red flag): failed conservative therapy, radicular symptoms or candidacy."""
+    early = therapy.symptom_weeks is None or therapy.duration_met is False
+    uncomplicated = 1 if early else 2
+    radicular = therapy.radicular or bool(order.reason_concepts & RADICULAR_CONCEPTS)
+    if therapy.failed is False:
+        return (uncomplicated,), ()
+    unknown: list[str] = []
+    if therapy.failed is None:
+        unknown = [
+            t for t in ("Condition", *_MEDICATION_TYPES, "Procedure", "ServiceRequest") if t in facts.unknown_types
+        ]
+        return (uncomplicated, 3), tuple(unknown)
+    if radicular or therapy.candidate:
+        return (3,), ()
+    # Failed therapy with axial pain only and no documented referral: candidacy decides (PRODUCT.md §3.3).
+    if therapy.candidate is None:
+        unknown = [t for t in ("ServiceRequest", "Procedure") if t in facts.unknown_types]
+    return (2, 3), tuple(unknown)
+
+
+# ------------------------------------------------------------------------------------------------ orders
+def _decide_order(
+    order: DraftOrder,
+    facts: ClinicalFacts,
+    orders: tuple[DraftOrder, ...],
+    therapy: TherapyAssessment,
+    thresholds: Thresholds,
+    today: date,
+    acr_category: Callable[[str, int], AcrCategory],
+) -> OrderDecision:
+    if order.kind == "imaging" and order.procedure_key is not None:
+        return _decide_imaging(order, order.procedure_key, facts, therapy, thresholds, today, acr_category)
+    if order.kind in ("medication", "procedure", "referral"):
+        return _decide_therapy_order(order, facts, orders, therapy, thresholds, today)
+    # Non-lumbar imaging and unrelated orders: other criteria may apply; this service says nothing.
+    return OrderDecision(order=order, rating=None, variants=None, concerns=())
+
+
+def _decide_imaging(
+    order: DraftOrder,
+    key: str,
+    facts: ClinicalFacts,
+    therapy: TherapyAssessment,
+    thresholds: Thresholds,
+    today: date,
+    acr_category: Callable[[str, int], AcrCategory],
+) -> OrderDecision:
+    has_indication = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
+    if not has_indication and facts.is_known("Condition"):
+        # Known record, no back pain, sciatica or radiculopathy anywhere: the LBP criteria do not apply.
+        return OrderDecision(order, Rating("no-criteria-apply", None, ()), None, ())
+    variants = assess_variants(facts, therapy, order, thresholds, today)
+    rating = _rate(key, variants.possible, acr_category)
+    safety = _safety(facts, thresholds, today)
+    contrast_unsafe = bool(safety)
+    concerns: list[Concern] = []
+    selected_category = acr_category(key, variants.driving) if variants.driving is not None else None
+
+    variant_concern = _variant_concern(order, key, variants, therapy, selected_category, contrast_unsafe)
+    if variant_concern is not None:
+        concerns.append(variant_concern)
+    duplicate = _duplicate_mri(order, key, facts, variants, thresholds, today)
+    if duplicate is not None:
+        concerns.append(duplicate)
+    if key in MRI_KEYS and facts.implants:
+        concerns.append(
+            Concern(
+                "mri-implant",
+                order.reference,
+                "warning",
+                (Proposal("convert-CT_MYELO_LSPINE", "update", "CT_MYELO_LSPINE"),),
+                facts.implants,
+            )
+        )
+    if key in CONTRAST_MRI_KEYS and contrast_unsafe:
+        concerns.append(
+            Concern(
+                "contrast-safety",
+                order.reference,
+                "warning",
+                (Proposal(f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, recommended=True),),
+                safety,
+            )
+        )
+    missing = list(variants.unknown_sources) if rating is None else []
+    if key in MRI_KEYS and "Device" in facts.unknown_types:
+        missing.append("Device")
+    if key in CONTRAST_MRI_KEYS:
+        missing.extend(t for t in ("Observation", "AllergyIntolerance") if t in facts.unknown_types)
+    if missing:
+        concerns.append(Concern("missing-data", order.reference, "info", missing_types=tuple(dict.fromkeys(missing))))
+    no_recent_egfr = key in CONTRAST_KEYS and _recent_egfr(facts, thresholds, today) is None
+    return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr)
+
+
+def _rate(key: str, possible: tuple[int, ...], acr_category: Callable[[str, int], AcrCategory]) -> Rating | None:
+    """A rating only when every possible variant gives the same one (PRODUCT.md §3.4)."""
+    if not possible:
+        return None
+    categories = [acr_category(key, variant) for variant in possible]
+    codes = {_RATING_OF_CATEGORY[category] for category in categories}
+    if len(codes) != 1:
+        return None
+    # UA in one possible variant and MBA in another: "may be appropriate" is what holds in all of them.
+    category: AcrCategory = categories[0] if len(set(categories)) == 1 else "MBA"
+    return Rating(codes.pop(), category, possible)
+
+
+def _variant_concern(
+    order: DraftOrder,
+    key: str,
+    variants: VariantAssessment,
+    therapy: TherapyAssessment,
+    selected_category: AcrCategory | None,
+    contrast_unsafe: bool,
+) -> Concern | None:
+    """The card of the driving variant (red flag, failed therapy, candidacy or conservative care)."""
+    driving = variants.driving
+    all_flags = tuple(f for variant in RED_FLAG_PRECEDENCE for f in variants.flags.get(variant, ()))
+    if driving is not None and driving in _VARIANT_CONCERN:
+        proposals: tuple[Proposal, ...] = ()
+        if driving == 4:
+            if selected_category == "UA":
+                # "Keep" the appropriate order, made urgent; never ask to replace it.
+                if order.priority != "stat":
+                    proposals = (Proposal("mark-stat", "update", key, "stat", recommended=True),)
+            else:
+                proposals = (
+                    Proposal(
+                        f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, "stat", recommended=True
+                    ),
+                )
+        elif selected_category != "UA":
+            alternatives = list(_VARIANT_ALTERNATIVES[driving])
+            if driving == 5 and not therapy.radicular:
+                alternatives = ["XR_LSPINE", "MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST]
+            if contrast_unsafe:
+                alternatives = [a for a in alternatives if a not in CONTRAST_KEYS]
+            alternatives = [a for a in alternatives if a != key]
+            proposals = tuple(
+                Proposal(f"convert-{alt}", "update", alt, recommended=index == 0)
+                for index, alt in enumerate(alternatives)
+            )
+        return Concern(_VARIANT_CONCERN[driving], order.reference, _VARIANT_INDICATOR[driving], proposals, all_flags)
+    if variants.possible == (3,) and key != MRI_WITHOUT_CONTRAST and selected_category != "UA":
+        return Concern(
+            "failed-therapy-convert",
+            order.reference,
+            "info",
+            (Proposal(f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, recommended=True),),
+        )
+    if variants.possible == (2, 3):
+        return Concern("confirm-candidacy", order.reference, "info")
+    if variants.possible in ((1,), (2,)):
+        kind: ConcernKind = "conservative-care-early" if variants.possible == (1,) else "conservative-care-no-trial"
+        return Concern(kind, order.reference, "warning", (Proposal("remove", "delete", recommended=True),))
+    return None
+
+
+def _duplicate_mri(
+    order: DraftOrder,
+    key: str,
+    facts: ClinicalFacts,
+    variants: VariantAssessment,
+    thresholds: Thresholds,
+    today: date,
+) -> Concern | None:
+    """A lumbar MRI in the look-back and no red flag since: the new MRI is a duplicate."""
+    if key not in MRI_KEYS:
+        return None
+    recent = _recent_mri(facts, thresholds, today)
+    if recent is None:
+        return None
+    since = recent.performed or today
+    flags = [f for found in variants.flags.values() for f in found]
+    # An undated red flag may be new: do not call the order a duplicate then.
+    if any(f.recorded is None or f.recorded > since for f in flags if f.concept != "advanced_age"):
+        return None
+    evidence = Finding("prior_lumbar_mri", recent.reference, recent.performed, recent.procedure_key)
+    return Concern(
+        "duplicate-mri", order.reference, "warning", (Proposal("remove", "delete", recommended=True),), (evidence,)
+    )
+
+
+def _recent_mri(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> PriorImaging | None:
+    window = timedelta(days=thresholds.prior_mri_lookback_months * _DAYS_PER_MONTH)
+    recent = [
+        p
+        for p in facts.prior_imaging
+        if p.procedure_key in MRI_KEYS and p.performed is not None and today - p.performed <= window
+    ]
+    if not recent:
+        return None
+    return max(recent, key=lambda p: p.performed or date.min)
+
+
+def _decide_therapy_order(
+    order: DraftOrder,
+    facts: ClinicalFacts,
+    orders: tuple[DraftOrder, ...],
+    therapy: TherapyAssessment,
+    thresholds: Thresholds,
+    today: date,
+) -> OrderDecision:
+    """NSAID/steroid courses, injections and referrals: a card only for cauda equina and the V3 "create MRI" row."""
+    if not facts.episode.findings and not (order.reason_concepts & INDICATION_CONCEPTS):
+        return OrderDecision(order, None, None, ())  # not the back-pain question
+    variants = assess_variants(facts, therapy, order, thresholds, today)
+    mri_drafted = any(o.procedure_key in MRI_KEYS for o in orders)
+    create = Proposal(f"create-{MRI_WITHOUT_CONTRAST}", "create", MRI_WITHOUT_CONTRAST, recommended=True)
+    if variants.driving == 4:
+        proposals = () if mri_drafted else (Proposal(create.purpose, "create", MRI_WITHOUT_CONTRAST, "stat", True),)
+        flags = variants.flags.get(4, ())
+        return OrderDecision(
+            order, None, variants, (Concern("cauda-equina", order.reference, "critical", proposals, flags),)
+        )
+    imaging_checked = facts.any_known(*_IMAGING_TYPES)
+    if (
+        variants.possible == (3,)
+        and not mri_drafted
+        and imaging_checked
+        and _recent_mri(facts, thresholds, today) is None
+    ):
+        return OrderDecision(
+            order, None, variants, (Concern("failed-therapy-create", order.reference, "info", (create,)),)
+        )
+    return OrderDecision(order, None, variants, ())
+
+
+# ------------------------------------------------------------------------------------------------ safety
+def _recent_egfr(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> float | None:
+    egfr = facts.egfr
+    if egfr is None or egfr.recorded is None:
+        return None
+    if (today - egfr.recorded).days > thresholds.current_finding_lookback_days:
+        return None
+    return egfr.value
+
+
+def _safety(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> tuple[Finding, ...]:
+    """Contrast (gadolinium) safety concerns on record: low eGFR, kidney failure or dialysis, allergy, pregnancy."""
+    concerns: list[Finding] = []
+    egfr = _recent_egfr(facts, thresholds, today)
+    if egfr is not None and egfr < thresholds.egfr_contrast_limit and facts.egfr is not None:
+        concerns.append(Finding("egfr", facts.egfr.reference, facts.egfr.recorded, f"{egfr:g}"))
+    concerns.extend(facts.kidney)
+    concerns.extend(facts.gadolinium_allergy)
+    concerns.extend(facts.pregnancy)
+    return tuple(concerns)

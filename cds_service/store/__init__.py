@@ -1,0 +1,118 @@
+"""The durable feedback and audit store (PRODUCT.md §2.3 ``CDS_DATABASE_URL``, §5.3, §6).
+
+Usage::
+
+    store = open_store(settings.database_url, settings.data_dir, on_audit_drop=metrics_callback)
+    new = store.record_feedback(service_id, parse_feedback(body), client_iss)  # committed on return
+    store.record_decision(DecisionAudit(...))                                  # queued, never blocks
+    store.ping()                                                               # /readyz
+    store.close()                                                              # at shutdown
+
+``record_feedback`` raises :class:`StoreUnavailable` (a ``CdsError`` with status 503) when the
+database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cds_service.errors import ConfigurationError
+from cds_service.store.base import (
+    DecisionAudit,
+    DropCallback,
+    DropReason,
+    RatingAudit,
+    Store,
+    StoredFeedback,
+    StoreUnavailable,
+)
+from cds_service.store.postgres import DEFAULT_CONNECT_TIMEOUT_S, PostgresStore
+from cds_service.store.sqlite import SqliteStore
+
+__all__ = [
+    "DEFAULT_SQLITE_FILENAME",
+    "DecisionAudit",
+    "DropCallback",
+    "DropReason",
+    "PostgresStore",
+    "RatingAudit",
+    "SqliteStore",
+    "Store",
+    "StoreUnavailable",
+    "StoredFeedback",
+    "open_store",
+]
+
+DEFAULT_SQLITE_FILENAME: Final = "cds-service.sqlite3"
+
+
+def open_store(
+    database_url: str | None,
+    data_dir: str,
+    *,
+    on_audit_drop: DropCallback | None = None,
+    audit_capacity: int = 10_000,
+) -> Store:
+    """Open (and create the schema of) the store that ``CDS_DATABASE_URL`` names.
+
+    * ``None`` or empty: SQLite file ``<data_dir>/cds-service.sqlite3`` (the directory is created);
+    * ``sqlite:///abs/path`` (also ``sqlite:////abs/path``): that SQLite file;
+    * ``postgresql://...`` or ``postgres://...``: PostgreSQL; an unreachable server is not an error
+      here (``ping()`` reports it), so cards keep flowing while the database is down.
+
+    Raises :class:`ConfigurationError` naming ``CDS_DATABASE_URL`` for a malformed URL or an SQLite
+    file that cannot be created. Messages never contain a password.
+    """
+    url = (database_url or "").strip()
+    if not url:
+        directory = Path(data_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"CDS_DATABASE_URL is unset and the data directory {directory} cannot be created: {error.strerror}"
+            ) from None
+        return _open_sqlite(directory / DEFAULT_SQLITE_FILENAME, on_audit_drop, audit_capacity)
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        return _open_sqlite(_sqlite_path(url), on_audit_drop, audit_capacity)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            raise ConfigurationError("CDS_DATABASE_URL: not a valid postgresql:// URL") from None
+        extra: dict[str, str | int] = {"application_name": "cds-service"}
+        if "connect_timeout" not in params:
+            # Short: a store that does not answer must fail a feedback POST fast, not hang a worker.
+            extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
+        return PostgresStore(make_conninfo(url, **extra), on_audit_drop=on_audit_drop, audit_capacity=audit_capacity)
+    shown = repr(scheme) if scheme else "none"
+    raise ConfigurationError(f"CDS_DATABASE_URL: expected sqlite:///path or postgresql://..., got scheme {shown}")
+
+
+def _sqlite_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError("CDS_DATABASE_URL: an SQLite URL is sqlite:///absolute/path/to/file (no host)")
+    path = unquote(parts.path)
+    if path.startswith("//"):  # SQLAlchemy spelling of an absolute path: sqlite:////abs/path
+        path = path[1:]
+    if not path.startswith("/") or path.rstrip("/") == "" or path.endswith("/") or path == "/:memory:":
+        raise ConfigurationError(
+            f"CDS_DATABASE_URL: {url!r} does not name an SQLite file by absolute path (sqlite:///abs/path)"
+        )
+    return Path(path)
+
+
+def _open_sqlite(path: Path, on_audit_drop: DropCallback | None, audit_capacity: int) -> SqliteStore:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(path, on_audit_drop=on_audit_drop, audit_capacity=audit_capacity)
+    except (OSError, sqlite3.Error) as error:
+        raise ConfigurationError(f"CDS_DATABASE_URL: cannot open SQLite file {path}: {error}") from None
