@@ -83,9 +83,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values["public_url"] = public_url.rstrip("/")
     if database_url := env.get("CDS_DATABASE_URL", "").strip():
         if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ConfigurationError(
-                f"CDS_DATABASE_URL: expected sqlite:///path or postgresql://..., got scheme {database_url.split(':')[0]!r}"
-            )
+            scheme = database_url.split(":")[0]
+            raise ConfigurationError(f"CDS_DATABASE_URL: expected sqlite:///path or postgresql://..., got {scheme!r}")
         values["database_url"] = database_url
     if redis_url := env.get("CDS_REDIS_URL", "").strip():
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
+from appsupport import ClientKey
 from servers import cds_service_command, running_service, worker_pids
 from test_app import FEEDBACK
 from test_protocol_validation import minimal_request
@@ -104,3 +106,26 @@ def test_logs_carry_no_token_and_no_patient_identifier() -> None:
     assert body["hookInstance"] in log  # the log is there and correlates by hookInstance ...
     assert secret_token not in log  # ... but never carries the token
     assert patient_id not in log
+
+
+def test_replayed_token_is_refused_across_two_service_processes_sharing_redis(tmp_path: Path, redis_url: str) -> None:
+    key = ClientKey()
+    clients = key.trusted_clients_file(tmp_path)
+    env = {
+        "CDS_TRUSTED_CLIENTS": str(clients),
+        "CDS_REDIS_URL": redis_url,
+        # Both replicas sit behind one public URL, as behind a load balancer: the same token is valid for both.
+        "CDS_PUBLIC_URL": "https://cds.example.org",
+    }
+    token = key.token("https://cds.example.org/cds-services")
+    headers = {"Authorization": f"Bearer {token}"}
+    with running_service(env, workers=1) as first, running_service(env, workers=1) as second:
+        assert requests.get(f"{first.base_url}/cds-services", headers=headers, timeout=5).status_code == 200
+        replay = requests.get(f"{second.base_url}/cds-services", headers=headers, timeout=5)
+        assert replay.status_code == 401
+        assert replay.json()["issue"][0]["diagnostics"] == "Authentication required"
+        fresh = {"Authorization": f"Bearer {key.token('https://cds.example.org/cds-services')}"}
+        assert requests.get(f"{second.base_url}/cds-services", headers=fresh, timeout=5).status_code == 200
+        log = second.log_text()
+    assert "authentication refused" in log
+    assert token not in log
