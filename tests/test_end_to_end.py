@@ -108,4 +108,5 @@ def test_a_fhir_server_that_is_not_allowed_receives_no_call() -> None:
         fhir_log = fhir.log_path.read_text(errors="replace")
     assert response.status_code in (200, 412), response.text
     assert fetch_outcomes(metrics) == {"not_allowed": 11.0}
-    assert "GET /fhir/" not in fhir_log  # the FHIR server saw no read and no search at all
+    # The FHIR server saw no read and no search (its only GET is the harness's start-up probe).
+    assert [line for line in fhir_log.splitlines() if "GET /fhir/" in line and "/fhir/metadata" not in line] == []
