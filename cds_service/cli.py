@@ -83,6 +83,14 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
 
     configure_logging(settings.log_level)
     create_app(settings)  # fail fast in the master on any configuration problem, before forking workers
+    if not settings.open_mode and settings.redis_url is None and workers > 1:
+        # Each worker process keeps its own jti cache: a replay that lands on another worker would pass.
+        log.warning(
+            "trusted clients with %s workers and no CDS_REDIS_URL: JWT replay protection is per worker process; "
+            "set CDS_REDIS_URL (or run one worker) for full replay protection",
+            workers,
+            extra={"fields": {"event": "startup-warning"}},
+        )
     mode = "authenticated (trusted clients)" if not settings.open_mode else "OPEN (no client authentication)"
     log.info(
         "starting on %s:%s with %s workers; mode: %s",

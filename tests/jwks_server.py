@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -30,6 +31,7 @@ class JwksServer:
         self._jwks: dict[str, Any] = jwks if jwks is not None else {"keys": []}
         self._status = 200
         self._redirect_to: str | None = None
+        self._delay = 0.0
         self._paths: list[str] = []
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
@@ -69,6 +71,11 @@ class JwksServer:
         with self._lock:
             self._redirect_to = location
 
+    def set_delay(self, seconds: float) -> None:
+        """Wait this long before answering (a slow JWKS host)."""
+        with self._lock:
+            self._delay = seconds
+
     def start(self) -> JwksServer:
         self._thread.start()
         wait_for_port(self.port)
@@ -91,10 +98,12 @@ class JwksServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner._paths.append(self.path)
-                    status, jwks, redirect = owner._status, owner._jwks, owner._redirect_to
+                    status, jwks, redirect, delay = owner._status, owner._jwks, owner._redirect_to, owner._delay
+                if delay:
+                    time.sleep(delay)
                 if redirect is not None:
                     self.send_response(302)
                     self.send_header("Location", redirect)
@@ -113,9 +122,9 @@ class JwksServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_POST = do_GET  # noqa: N815 (record any method; the service must only ever GET)
+            do_POST = do_GET  # record any method; the service must only ever GET
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base-class signature)
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # keep pytest output clean; requests are recorded in request_paths
 
         return Handler

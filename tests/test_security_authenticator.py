@@ -550,3 +550,18 @@ def test_control_characters_in_claims_are_escaped_in_the_reason(
 )
 def test_expected_audience(public_url: str | None, url_root: str, path: str, expected: str) -> None:
     assert expected_audience(public_url, url_root, path) == expected
+
+
+class BrokenReplayCache:
+    def claim(self, jti: str, iss: str, expires_at: float) -> bool:
+        raise RuntimeError("bug")
+
+
+def test_an_unexpected_error_is_a_refusal_not_a_crash(
+    client: TrustedClient, ec_key: SigningKey, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    authenticator = make_authenticator(client, clock, replay_cache=BrokenReplayCache())
+    with caplog.at_level(logging.ERROR, logger="cds_service.security"):
+        reason = refusal(authenticator, bearer(ec_key.sign(claims(clock), "ES384")))
+    assert reason == "unexpected RuntimeError while verifying the token"
+    assert "unexpected RuntimeError" in caplog.text

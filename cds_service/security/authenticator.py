@@ -94,8 +94,9 @@ class ClientAuthenticator:
             logger.warning("client JWT refused: %s", refusal.reason)
             raise
         except Exception as error:  # any surprise from parsing untrusted input is a refusal, never a 500
+            # A bug rather than a bad token: logged as an error, by exception type only (no token data).
             reason = f"unexpected {type(error).__name__} while verifying the token"
-            logger.warning("client JWT refused: %s", reason)
+            logger.error("client JWT refused: %s", reason)
             raise Unauthorized(reason) from None
         logger.debug("client JWT accepted: iss=%s", client.iss)
         return client
@@ -118,7 +119,7 @@ class ClientAuthenticator:
         client = self._clients.get(iss) if isinstance(iss, str) else None
         if client is None:
             raise Unauthorized(f"issuer {_shown(iss)} is not a trusted client")
-        if False:
+        if "jku" in header and header["jku"] != client.jwks_url:
             # Never fetched: fetching a URL chosen by the token is key substitution and SSRF.
             raise Unauthorized(f"jku {_shown(header['jku'])} is not the configured JWKS URL of iss={client.iss}")
 

@@ -3,6 +3,9 @@
 No URL from a token (``jku``, ``x5u``) is ever fetched: a token only chooses a ``kid`` among keys that the
 configuration already ties to its issuer.
 
+Keys pinned in the configuration (``jwks``) are used as configured and never cause a fetch; the other keys of
+an issuer with a ``jwks_url`` come from that URL.
+
 Caching (in-process, one cache per worker: a worker fetches each JWK Set about once an hour, which is cheap, and
 keeps Redis out of the signature path):
 - fetched keys live ``ttl`` seconds (default 1 h), then are refreshed on the next lookup;
@@ -78,12 +81,17 @@ class JwksCache:
     def get_key(self, client: TrustedClient, kid: str) -> VerificationKey | None:
         """The key ``kid`` of ``client``, fetching the configured JWK Set when needed; None if it has no such key."""
         state = self._state_for(client)
+        pinned = state.pinned.get(kid)
+        if pinned is not None or client.jwks_url is None:
+            return pinned  # pinned keys are trusted as configured and need no fetch
         with state.lock:
             now = self._clock()
-            if client.jwks_url is not None and self._refresh_due(state, now):
-                self._refresh(state, client, now, reason="cache expired" if state.fetched_at else "first use")
-            key = self._lookup(state, kid, now)
-            if key is not None or client.jwks_url is None:
+            if self._refresh_due(state, now):
+                self._refresh(state, client.iss, client.jwks_url, now,
+                              reason="cache expired" if state.fetched_at else "first use")
+                return self._lookup_fetched(state, kid, now)  # just fetched: an unknown kid stays unknown
+            key = self._lookup_fetched(state, kid, now)
+            if key is not None:
                 return key
             # Unknown kid: the client may have rotated its keys. Refetch, but not more than once per interval.
             last = state.last_unknown_kid_fetch_at
@@ -91,8 +99,8 @@ class JwksCache:
                 logger.info("JWKS refetch for unknown kid skipped: iss=%s (rate limited)", client.iss)
                 return None
             state.last_unknown_kid_fetch_at = now
-            self._refresh(state, client, now, reason="unknown kid")
-            return self._lookup(state, kid, now)
+            self._refresh(state, client.iss, client.jwks_url, now, reason="unknown kid")
+            return self._lookup_fetched(state, kid, now)
 
     def _state_for(self, client: TrustedClient) -> _IssuerKeys:
         with self._issuers_lock:
@@ -109,26 +117,24 @@ class JwksCache:
         # Expired or never fetched: try, but retry a failing host only once per interval.
         return state.last_attempt_at is None or now - state.last_attempt_at >= self._refetch_interval
 
-    def _lookup(self, state: _IssuerKeys, kid: str, now: float) -> VerificationKey | None:
-        key = state.pinned.get(kid)
-        if key is not None:
-            return key
+    def _lookup_fetched(self, state: _IssuerKeys, kid: str, now: float) -> VerificationKey | None:
         if state.fetched_at is not None and now - state.fetched_at > self._ttl + self._max_stale:
+            if state.fetched:
+                logger.warning("JWKS keys dropped: no successful fetch for %.0f s", now - state.fetched_at)
             state.fetched = {}
         return state.fetched.get(kid)
 
-    def _refresh(self, state: _IssuerKeys, client: TrustedClient, now: float, *, reason: str) -> None:
-        assert client.jwks_url is not None
+    def _refresh(self, state: _IssuerKeys, iss: str, url: str, now: float, *, reason: str) -> None:
         state.last_attempt_at = now
         self.fetch_count += 1
         try:
-            keys = self._fetch(client.jwks_url)
+            keys = self._fetch(url)
         except JwksFetchError as error:
-            logger.warning("JWKS fetch failed: iss=%s url=%s (%s): %s", client.iss, client.jwks_url, reason, error)
+            logger.warning("JWKS fetch failed: iss=%s url=%s (%s): %s", iss, url, reason, error)
             return
         state.fetched = keys
         state.fetched_at = now
-        logger.info("JWKS fetched: iss=%s (%s): %d key(s)", client.iss, reason, len(keys))
+        logger.info("JWKS fetched: iss=%s (%s): %d key(s)", iss, reason, len(keys))
 
     def _fetch(self, url: str) -> dict[str, VerificationKey]:
         deadline = time.monotonic() + self._timeout
