@@ -25,13 +25,23 @@ from cds_service.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
 from cds_service.feedback import parse_feedback
 from cds_service.fhir_data import FhirDataSource
-from cds_service.metrics import AUTH_FAILURES, CARDS, FEEDBACK, LATENCY, RATINGS, REQUESTS, STORE_ERRORS, render_metrics
+from cds_service.metrics import (
+    AUDIT_DROPPED,
+    AUTH_FAILURES,
+    CARDS,
+    FEEDBACK,
+    FHIR_FETCHES,
+    LATENCY,
+    RATINGS,
+    REQUESTS,
+    STORE_ERRORS,
+    render_metrics,
+)
 from cds_service.protocol.validation import decode_json
 from cds_service.registry import ServiceDefinition, ServiceRegistry, load_registry
 from cds_service.security import ClientAuthenticator, TrustedClient, build_authenticator, expected_audience
@@ -84,7 +94,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
         authenticator=build_authenticator(
             trusted_clients_path=settings.trusted_clients_path, redis_url=settings.redis_url
         ),
-        store=open_store(settings.database_url, settings.data_dir),
+        store=open_store(settings.database_url, settings.data_dir, on_audit_drop=_count_audit_drop),
         discovery_body=orjson.dumps(registry.discovery_document()),
     )
     app.register_blueprint(cds_blueprint)
@@ -146,9 +156,10 @@ def feedback(service_id: str) -> Response:
     try:
         new = parts.store.record_feedback(service_id, items, client.iss if client else None)
     except StoreUnavailable as exc:
+        # StoreUnavailable is a 503 CdsError with a generic message; its detail is for operators only.
         STORE_ERRORS.labels("feedback").inc()
-        log.error("feedback store unavailable: %s", type(exc).__name__)
-        raise ServiceUnavailable("the feedback store is unavailable; nothing was stored, please retry") from exc
+        log.error("feedback store unavailable: %s", exc.detail)
+        raise
     for item in items:
         FEEDBACK.labels(service_id, item.outcome).inc()
     g.log_fields = {"feedbackItems": len(items), "feedbackNew": new}
@@ -214,9 +225,11 @@ def _audit(store: Store, result: Any, client: TrustedClient | None, duration_ms:
 
 
 def _count_fetch(outcome: str) -> None:
-    from cds_service.metrics import FHIR_FETCHES
-
     FHIR_FETCHES.labels(outcome).inc()
+
+
+def _count_audit_drop(reason: str, count: int) -> None:
+    AUDIT_DROPPED.labels(reason).inc(count)
 
 
 def _start_timer() -> None:

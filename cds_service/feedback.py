@@ -81,10 +81,10 @@ _VALIDATOR: Final = _build_validator()
 
 @dataclass(frozen=True)
 class ReasonCoding:
-    """The override reason the clinician chose (a Coding; ``display`` is optional in feedback)."""
+    """The override reason the clinician chose. Clients often omit ``display`` and some omit ``system``."""
 
-    system: str
     code: str
+    system: str | None = None
     display: str | None = None
 
 
@@ -119,9 +119,8 @@ class FeedbackItem:
         if self.override_reason is not None:
             override: dict[str, Any] = {}
             if (reason := self.override_reason.reason) is not None:
-                override["reason"] = {"system": reason.system, "code": reason.code}
-                if reason.display is not None:
-                    override["reason"]["display"] = reason.display
+                coding = {"system": reason.system, "code": reason.code, "display": reason.display}
+                override["reason"] = {key: value for key, value in coding.items() if value is not None}
             if self.override_reason.user_comment is not None:
                 override["userComment"] = self.override_reason.user_comment
             item["overrideReason"] = override
@@ -232,8 +231,13 @@ def _item_from_json(index: int, item: Mapping[str, Any]) -> FeedbackItem:
     if (override := item.get("overrideReason")) is not None:
         reason = None
         if (coding := override.get("reason")) is not None:
-            reason = ReasonCoding(system=coding["system"], code=coding["code"], display=coding.get("display"))
-        override_reason = OverrideReason(reason=reason, user_comment=override.get("userComment"))
+            reason = ReasonCoding(
+                code=coding["code"], system=coding.get("system") or None, display=coding.get("display") or None
+            )
+        # Clients send "userComment": "" when the clinician typed nothing; that is no comment.
+        comment = override.get("userComment") or None
+        if reason is not None or comment is not None:
+            override_reason = OverrideReason(reason=reason, user_comment=comment)
     extras = {key: value for key, value in item.items() if key not in _KNOWN_ITEM_MEMBERS}
     extra_json = None
     if extras:

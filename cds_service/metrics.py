@@ -28,6 +28,7 @@ FEEDBACK = Counter(
 )
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Requests refused with 401")
 STORE_ERRORS = Counter("cds_store_errors_total", "Store operations that failed", ["operation"])
+AUDIT_DROPPED = Counter("cds_audit_dropped_total", "Audit records not written, by reason", ["reason"])
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -99,14 +99,14 @@ BAD_BODIES: list[tuple[str, object, str]] = [
         "feedback[0].overrideReason.reason: 'code' is a required property",
     ),
     (
-        "reason without system",
-        {"feedback": [overridden(overrideReason={"reason": {"code": "x"}})]},
-        "feedback[0].overrideReason.reason: 'system' is a required property",
+        "reason code empty",
+        {"feedback": [overridden(overrideReason={"reason": {"system": "http://x", "code": ""}})]},
+        "feedback[0].overrideReason.reason.code: '' should be non-empty",
     ),
     (
-        "reason display empty",
-        {"feedback": [overridden(overrideReason={"reason": {"system": "http://x", "code": "x", "display": ""}})]},
-        "feedback[0].overrideReason.reason.display: '' should be non-empty",
+        "reason system not a string",
+        {"feedback": [overridden(overrideReason={"reason": {"system": 1, "code": "x"}})]},
+        "feedback[0].overrideReason.reason.system: 1 is not of type 'string'",
     ),
     (
         "card not a string",
@@ -226,6 +226,18 @@ def test_spec_example_accepted_and_overridden() -> None:
     reason = items[1].override_reason
     assert reason is not None and reason.user_comment == "Patient already had an MRI elsewhere"
     assert reason.reason is not None and reason.reason.display is None
+
+
+def test_field_client_shapes_are_accepted_and_empty_strings_read_as_absent() -> None:
+    # Shapes seen from EHR clients in the field: system and userComment sent as "", or system left out.
+    empty_strings = overridden(overrideReason={"reason": {"code": "proceed", "system": ""}, "userComment": ""})
+    no_system = overridden(overrideReason={"reason": {"code": "proceed", "display": "Proceed with order"}})
+    only_empty_comment = overridden(overrideReason={"userComment": ""})
+    first, second, third = parse_feedback({"feedback": [empty_strings, no_system, only_empty_comment]})
+    assert first.override_reason == OverrideReason(reason=ReasonCoding(code="proceed"))
+    assert second.override_reason == OverrideReason(reason=ReasonCoding(code="proceed", display="Proceed with order"))
+    assert third.override_reason is None
+    assert first.to_json()["overrideReason"] == {"reason": {"code": "proceed"}}
 
 
 def test_comment_only_override_is_valid() -> None:

@@ -166,7 +166,8 @@ def test_ping(store: Store) -> None:
 CHILD = """
 import sys
 from cds_service.feedback import parse_feedback
-from cds_service.store import open_store
+from datetime import UTC, datetime
+from cds_service.store import DecisionAudit, open_store
 
 mode, url, data_dir, prefix, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 store = open_store(url, data_dir)
@@ -179,6 +180,11 @@ if mode == "ack-then-hang":
     print("acked", flush=True)
     import time
     time.sleep(60)
+elif mode == "audit-then-exit":
+    for n in range(count):
+        record = DecisionAudit(f"{prefix}-{n}", "svc", "order-sign", None, datetime.now(UTC), (), (), (), 1.0)
+        store.record_decision(record)
+    print("queued", flush=True)  # then a normal interpreter exit, without close()
 elif mode == "writer":
     print("ready", flush=True)
     sys.stdin.readline()  # wait for "go" so that both writers overlap
@@ -242,6 +248,19 @@ def test_two_writer_processes_lose_nothing(target: Target) -> None:
         reopened.close()
     assert len(cards) == 400
     assert set(cards) == {f"proc{p}-{n}" for p in range(2) for n in range(200)}
+
+
+def test_queued_decisions_are_written_when_a_worker_exits_without_close(target: Target) -> None:
+    child = spawn(target, "audit-then-exit", "exiting", count=300)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert stdout == "queued\n"
+    reopened = target.open()
+    try:
+        hook_instances = {d.hook_instance for d in reopened.recent_decisions(limit=1000)}
+    finally:
+        reopened.close()
+    assert hook_instances == {f"exiting-{n}" for n in range(300)}
 
 
 def test_a_forked_child_gets_its_own_connections_and_writer(target: Target) -> None:

@@ -15,6 +15,7 @@ database cannot be reached.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -83,17 +84,31 @@ def open_store(
     if scheme == "sqlite":
         return _open_sqlite(_sqlite_path(url), on_audit_drop, audit_capacity)
     if scheme in ("postgresql", "postgres"):
-        try:
-            params = conninfo_to_dict(url)
-        except psycopg.ProgrammingError:
-            raise ConfigurationError("CDS_DATABASE_URL: not a valid postgresql:// URL") from None
-        extra: dict[str, str | int] = {"application_name": "cds-service"}
+        params = _postgres_params(url)
+        extra: dict[str, str | int] = {}
+        if "application_name" not in params:  # lets a DBA see whose connections these are
+            extra["application_name"] = "cds-service"
         if "connect_timeout" not in params:
             # Short: a store that does not answer must fail a feedback POST fast, not hang a worker.
             extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
         return PostgresStore(make_conninfo(url, **extra), on_audit_drop=on_audit_drop, audit_capacity=audit_capacity)
     shown = repr(scheme) if scheme else "none"
     raise ConfigurationError(f"CDS_DATABASE_URL: expected sqlite:///path or postgresql://..., got scheme {shown}")
+
+
+def _postgres_params(url: str) -> Mapping[str, object]:
+    # libpq's own parser, so that every URL libpq accepts is accepted; its messages can quote the whole URL
+    # (password included), so they are replaced by ours.
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigurationError("CDS_DATABASE_URL: not a valid postgresql:// URL") from None
+    # libpq checks these only when connecting; a typo should stop start-up instead of failing every request.
+    for name in ("port", "connect_timeout"):
+        value = str(params.get(name, "0"))
+        if not all(part.strip().isdigit() for part in value.split(",")):
+            raise ConfigurationError(f"CDS_DATABASE_URL: {name} {value!r} is not a number")
+    return params
 
 
 def _sqlite_path(url: str) -> Path:

@@ -8,6 +8,7 @@ in the master and forks workers afterwards, and threads do not survive a fork.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -40,7 +41,19 @@ def _after_fork_in_child() -> None:
         obj.after_fork_in_child()
 
 
-#os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Writers of this process, for the flush at interpreter exit.
+_writers: weakref.WeakSet[AuditWriter] = weakref.WeakSet()
+EXIT_FLUSH_TIMEOUT_S: Final = 2.0
+
+
+@atexit.register
+def _flush_writers_at_exit() -> None:
+    # A gunicorn worker that exits normally (max_requests, SIGTERM, scale-down) without the app calling
+    # close() would otherwise lose its queued audit records with the daemon thread. Bounded: exit stays fast.
+    for writer in list(_writers):
+        writer.close(timeout=EXIT_FLUSH_TIMEOUT_S)
 
 
 def reset_after_fork(obj: ForkAware) -> None:
@@ -74,6 +87,7 @@ class AuditWriter:
         self._name = name
         self._init_process_state()
         reset_after_fork(self)
+        _writers.add(self)
 
     def _init_process_state(self) -> None:
         self._queue: queue.Queue[DecisionAudit | _Stop] = queue.Queue(maxsize=self._capacity)
@@ -123,7 +137,7 @@ class AuditWriter:
         """Stop accepting records, write what is queued (bounded wait), and stop the thread."""
         self._closed = True
         thread = self._thread
-        if thread is None:
+        if thread is None or not thread.is_alive():  # never started, or already stopped by an earlier close()
             return
         deadline = time.monotonic() + timeout
         try:

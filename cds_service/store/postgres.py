@@ -148,6 +148,13 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
+    def close_idle(self) -> None:
+        """Close the idle connections but keep the pool open."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
     def close(self) -> None:
         """Close idle connections; connections in use are closed when they come back."""
         with self._lock:
@@ -181,6 +188,8 @@ class PostgresStore:
             # The service still starts and serves cards; /readyz reports the store, and the schema is
             # created on first successful use.
             log.warning("PostgreSQL store not reachable at start-up: %s", error.detail)
+        # open_store often runs in a gunicorn master that only forks workers: don't keep a session open there.
+        self._pool.close_idle()
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``work`` on a pooled connection; retry once on a fresh connection if a reused one was stale."""
