@@ -139,7 +139,7 @@ def is_allowed_server(url: str | None, allowed: Collection[str]) -> bool:
     ``https`` unless its host is loopback (127.0.0.0/8, ``localhost``, ``::1``). Allowed entries that
     are not URLs are ignored rather than raising: a bad setting is reported by ``check-config``.
     """
-    if not url or not allowed:
+    if not isinstance(url, str) or not url or not allowed:
         return False
     try:
         parts = _split_http_url(url)
@@ -159,6 +159,8 @@ def _normalised_allowed(allowed: tuple[str, ...]) -> frozenset[str]:
     # Allowed lists are per process or per trusted client: a handful of distinct tuples, so cache them.
     normalised: set[str] = set()
     for entry in allowed:
+        if not isinstance(entry, str):
+            continue
         try:
             normalised.add(normalise_base_url(entry))
         except ValueError:
@@ -178,6 +180,8 @@ def _is_under_base(url: str, base: str) -> bool:
         return False
     base_path = base_parts.path.rstrip("/")
     target_path = urlsplit(target).path
+    if ".." in target_path.split("/"):
+        return False  # "<base>/../elsewhere" would leave the base once the path is normalised
     return target_path == base_path or target_path.startswith(base_path + "/")
 
 
@@ -413,10 +417,15 @@ class FhirDataSource:
                     result, needs_network = self._plan_fetch(key, template, request, base, server_allowed)
             except Exception:  # a malformed value must cost one key, never the request
                 log.exception("prefetch key could not be processed", extra={"fields": {"prefetch_key": key}})
-                result, needs_network = _KeyResult(key, None, unavailable="the prefetch value could not be read"), None
+                reason = "the prefetch value could not be read"
+                result, needs_network = _KeyResult(key, _resource_type_of(template), unavailable=reason), None
             results[key] = result
             if needs_network is not None and base is not None:
-                future = self._executor.submit(self._run_network_step, result, needs_network, base, token, deadline)
+                try:
+                    future = self._executor.submit(self._run_network_step, result, needs_network, base, token, deadline)
+                except RuntimeError:  # closed (process shutting down): no new fetches, still no exception
+                    results[key] = _cut_short(result, "error", REASON_UNREACHABLE)
+                    continue
                 pending[future] = key
 
         self._wait_for(pending, results, deadline)
@@ -629,16 +638,13 @@ class FhirDataSource:
         for future, key in pending.items():
             if not future.done():
                 future.cancel()
-                results[key] = _timed_out(results[key])
+                results[key] = _cut_short(results[key], "timeout", REASON_TIMEOUT)
                 log.info("fhir fetch timed out", extra={"fields": {"prefetch_key": key}})
-            elif future.exception() is not None:  # a bug, not a server answer: still one key only
-                log.error(
-                    "fhir fetch failed unexpectedly",
-                    exc_info=future.exception(),
-                    extra={"fields": {"prefetch_key": key}},
-                )
-                old = results[key]
-                results[key] = _KeyResult(key, old.resource_type, unavailable=REASON_UNREACHABLE, outcome="error")
+            elif future.cancelled():  # close() during the request: the process is shutting down
+                results[key] = _cut_short(results[key], "error", REASON_UNREACHABLE)
+            elif (error := future.exception()) is not None:  # a bug, not a server answer: still one key only
+                log.error("fhir fetch failed unexpectedly", exc_info=error, extra={"fields": {"prefetch_key": key}})
+                results[key] = _cut_short(results[key], "error", REASON_UNREACHABLE)
         for result in results.values():
             if result.outcome is not None:
                 self._report(result.outcome)
@@ -652,8 +658,8 @@ class FhirDataSource:
             log.exception("on_fetch callback failed")
 
 
-def _timed_out(late: _KeyResult) -> _KeyResult:
-    """The result of a key whose fetch missed the deadline.
+def _cut_short(late: _KeyResult, outcome: FetchOutcome, reason: str) -> _KeyResult:
+    """The result of a key whose fetch did not finish (deadline, shutdown, or a bug in the worker).
 
     The worker may still be writing into ``late``, so a new result is built: the prefetch's own first
     page (kept in ``late.given``) stays, anything the worker added does not.
@@ -663,11 +669,11 @@ def _timed_out(late: _KeyResult) -> _KeyResult:
             late.key,
             late.resource_type,
             resources=list(late.given),
-            warnings=[f"{late.key}: the remaining pages of results were not read in time"],
-            outcome="timeout",
+            warnings=[f"{late.key}: the remaining pages of results could not be read ({reason})"],
+            outcome=outcome,
             from_prefetch=True,
         )
-    return _KeyResult(late.key, late.resource_type, unavailable=REASON_TIMEOUT, outcome="timeout")
+    return _KeyResult(late.key, late.resource_type, unavailable=reason, outcome=outcome)
 
 
 def _retry_pause(retry_after: str | None, attempt: int) -> float | None:

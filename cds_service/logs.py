@@ -63,6 +63,8 @@ def configure_logging(level: str = "INFO") -> None:
     """Install one JSON handler on the ``cds_service`` logger (idempotent)."""
     logger = logging.getLogger("cds_service")
     logger.setLevel(level)
+    # urllib3 logs request lines at DEBUG, and FHIR search URLs carry patient ids: keep it quiet whatever our level.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     if not any(getattr(h, "_cds_handler", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

@@ -216,3 +216,12 @@ class TestAuthentication:
     def test_health_endpoints_and_preflight_need_no_token(self, secured: FlaskClient) -> None:
         assert secured.get("/healthz").status_code == 200
         assert secured.options(SELECT).status_code == 200
+
+
+def test_a_failing_store_never_blocks_cards_and_feedback_is_not_acknowledged(tmp_path: Path) -> None:
+    client = make_app(tmp_path, database_url="postgresql://postgres@127.0.0.1:1/test").test_client()
+    assert client.post(SELECT, json=minimal_request()).status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = client.post(f"{SELECT}/feedback", json=FEEDBACK)
+    body = assert_operation_outcome(response, 503)
+    assert "postgres" not in json.dumps(body)

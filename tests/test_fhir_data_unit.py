@@ -162,6 +162,7 @@ def test_normalise_base_url_rejects_what_is_not_an_http_url(url: str) -> None:
         (None, [BASE], False),
         ("", [BASE], False),
         ("javascript:alert(1)", [BASE], False),
+        ("https://fhir.example.org/r4", [BASE, 42], True),  # non-string entries are ignored
     ],
 )
 def test_is_allowed_server(url: str | None, allowed: list[str], expected: bool) -> None:
@@ -288,6 +289,24 @@ def test_next_page_on_another_host_is_never_requested(source: FhirDataSource, rs
     assert record.is_known("Condition")
     assert len(record.warnings) == 1
     assert "first page" in record.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "https://fhir.example.org/r4-other/Condition?page=2",  # same host, another base
+        "https://fhir.example.org/r4/../admin/Condition?page=2",
+        "http://fhir.example.org/r4/Condition?page=2",  # same host, downgraded to http
+        "/r4/Condition?page=2",  # FHIR requires absolute links
+    ],
+)
+def test_next_page_outside_the_base_is_never_requested(
+    source: FhirDataSource, rsps: responses.RequestsMock, next_url: str
+) -> None:
+    prefetch = {"patient": PATIENT, "conditions": searchset(condition("c1"), next_url=next_url)}
+    record = source.resolve(TEMPLATES, make_request({**prefetch, "medicationRequests": None}), [BASE])
+    assert len(rsps.calls) == 0
+    assert len(record.warnings) == 1
 
 
 def test_next_page_with_a_server_that_is_not_allowed_is_not_requested(
@@ -565,3 +584,22 @@ def test_token_and_patient_id_never_reach_logs_warnings_or_reasons(
 
 def test_resolve_with_no_templates_is_empty(source: FhirDataSource) -> None:
     assert source.resolve({}, make_request({}), [BASE]).resources == {}
+
+
+def test_resolve_after_close_does_not_raise(rsps: responses.RequestsMock) -> None:
+    rsps.get(f"{BASE}/Condition", json=searchset(condition("c1")))
+    data_source = FhirDataSource()
+    data_source.close()
+    record = data_source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
+    assert not record.is_known("Condition")
+    assert len(rsps.calls) == 0
+
+
+def test_cookies_from_one_server_are_never_sent_again(source: FhirDataSource, rsps: responses.RequestsMock) -> None:
+    """One session serves every patient: a FHIR server's cookie must not follow the next request."""
+    rsps.get(f"{BASE}/Condition", json=searchset(condition("c1")), headers={"Set-Cookie": "session=abc; Path=/"})
+    request = make_request({})
+    source.resolve({"conditions": TEMPLATES["conditions"]}, request, [BASE])
+    source.resolve({"conditions": TEMPLATES["conditions"]}, request, [BASE])
+    assert len(rsps.calls) == 2
+    assert "Cookie" not in rsps.calls[1].request.headers
