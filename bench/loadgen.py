@@ -67,11 +67,51 @@ def _connect(port: int) -> http.client.HTTPConnection:
     return connection
 
 
+# Longer idle than this and a kept-alive connection is closed before the next round: servers drop idle
+# connections after their keep-alive timeout (gunicorn: 2 to 5 s), and a client would not reuse it either.
+IDLE_RECONNECT_SECONDS = 1.0
+
+
+def _post(connections: dict[int, http.client.HTTPConnection], port: int, path: str, body: bytes,
+          headers: dict[str, str]) -> tuple[int, int]:
+    """POST on the kept-alive connection to ``port`` (opened when needed); (status, start time in ns).
+
+    A reused connection that the server closed meanwhile fails before any response: like every HTTP
+    client, reconnect and send again once, and time the request from the new connection.
+    """
+    reused = port in connections
+    began = time.perf_counter_ns()
+    for attempt in (1, 2):
+        connection = connections.get(port) or _connect(port)
+        connections[port] = connection
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            connections.pop(port, None)
+            connection.close()
+            if not reused or attempt == 2:
+                raise
+            began = time.perf_counter_ns()
+            continue
+        except (OSError, http.client.HTTPException):
+            connections.pop(port, None)
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
+            del connections[port]
+        return response.status, began
+    raise AssertionError("unreachable")
+
+
 def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) -> None:
     """Serve jobs from the parent until it sends ``None``: one job is one round for this client."""
     connections: dict[int, http.client.HTTPConnection] = {}
     payloads: dict[str, Payload] = {}  # sent once per client, not once per round
     warmed: set[tuple[int, str]] = set()
+    last_used: dict[int, float] = {}
     counter = 0
     while True:
         job = pipe.recv()
@@ -85,6 +125,8 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         variant = client_id  # clients start on different variants so that they do not move in lockstep
         warm = (port, payload_key) in warmed
+        if port in connections and time.monotonic() - last_used.get(port, 0.0) > IDLE_RECONNECT_SECONDS:
+            connections.pop(port).close()
         if warm:
             delay = start_at - time.monotonic()
             if delay > 0:
@@ -97,19 +139,9 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
             variant += 1
             counter += 1
             body = before + str(uuid.UUID(int=(client_id << 64) | counter, version=4)).encode() + after
-            began = time.perf_counter_ns()
             try:
-                connection = connections.get(port) or _connect(port)
-                connections[port] = connection
-                connection.request("POST", payload.path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                status = response.status
-                if response.will_close:
-                    connection.close()
-                    del connections[port]
+                status, began = _post(connections, port, payload.path, body, headers)
             except (OSError, http.client.HTTPException) as error:
-                connections.pop(port, None)
                 result.errors += 1
                 result.first_error = result.first_error or f"{type(error).__name__}: {error}"
                 time.sleep(0.01)
@@ -134,6 +166,7 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
             result.latencies_ns.append(finished - began)
             if time.monotonic() <= end_at:
                 result.completed_in_window += 1
+        last_used[port] = time.monotonic()
         pipe.send(result)
     for connection in connections.values():
         connection.close()
@@ -143,7 +176,9 @@ class LoadGenerator:
     """A pool of client processes; use as a context manager and call :meth:`run_round`."""
 
     def __init__(self, clients: int) -> None:
-        context = multiprocessing.get_context("fork")
+        # spawn, not fork: forking a process that runs threads (a test session, an app) is unsafe, and
+        # Python 3.12+ warns about it. The clients import only this module.
+        context = multiprocessing.get_context("spawn")
         self._pipes: list[multiprocessing.connection.Connection] = []
         self._processes: list[Any] = []
         self._known_payloads: list[set[str]] = [set() for _ in range(clients)]

@@ -33,20 +33,23 @@ RatingCode = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
 Indicator = Literal["info", "warning", "critical"]
 ActionKind = Literal["create", "update", "delete"]
 Priority = Literal["routine", "stat"]
+# One card kind per situation of PRODUCT.md §3.5; the names are the keys of the card texts (knowledge cards.json).
 ConcernKind = Literal[
-    "cauda-equina",
-    "cancer-infection",
-    "fracture-risk",
-    "prior-surgery",
-    "failed-therapy-convert",
-    "failed-therapy-create",
-    "confirm-candidacy",
-    "conservative-care-early",
-    "conservative-care-no-trial",
-    "duplicate-mri",
-    "mri-implant",
-    "contrast-safety",
-    "missing-data",
+    "cauda_equina",
+    "cancer_infection",
+    "cancer_infection_contrast_concern",
+    "fracture_risk",
+    "prior_surgery",
+    "failed_therapy_convert",
+    "failed_therapy_create",
+    "confirm_candidacy",
+    "conservative_care_first",
+    "no_documented_therapy",
+    "duplicate_mri",
+    "mr_implant",
+    "contrast_safety",
+    "pregnancy",
+    "data_missing",
 ]
 
 # ACR variants in order of precedence (clinical.md §2.2 point 5); 3 and 1/2 are the "no red flag" baseline.
@@ -60,6 +63,10 @@ _RATING_OF_CATEGORY: Mapping[AcrCategory, RatingCode] = {
 MRI_KEYS = frozenset({"MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO", "MR_LSPINE"})
 CONTRAST_MRI_KEYS = frozenset({"MR_LSPINE_W", "MR_LSPINE_WWO"})
 CONTRAST_KEYS = CONTRAST_MRI_KEYS | frozenset({"CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE"})
+# Orders that pregnancy makes a concern for: gadolinium or ionising radiation (PRODUCT.md §3.5, clinical.md §5).
+PREGNANCY_CONCERN_KEYS = CONTRAST_MRI_KEYS | frozenset(
+    {"XR_LSPINE", "CT_LSPINE_WO", "CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE"}
+)
 MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
 
 INDICATION_CONCEPTS = frozenset(
@@ -104,10 +111,17 @@ _VARIANT_ALTERNATIVES: Mapping[int, tuple[str, ...]] = {
     5: ("MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST, "XR_LSPINE"),
 }
 _VARIANT_CONCERN: Mapping[int, ConcernKind] = {
-    4: "cauda-equina",
-    7: "cancer-infection",
-    6: "fracture-risk",
-    5: "prior-surgery",
+    4: "cauda_equina",
+    7: "cancer_infection",
+    6: "fracture_risk",
+    5: "prior_surgery",
+}
+# The suggestion names of the card texts for each alternative procedure.
+SUGGESTION_OF_PROCEDURE: Mapping[str, str] = {
+    "MR_LSPINE_WWO": "mri_wwo",
+    MRI_WITHOUT_CONTRAST: "mri_wo",
+    "XR_LSPINE": "radiographs",
+    "CT_LSPINE_WO": "ct_wo",
 }
 _VARIANT_INDICATOR: Mapping[int, Indicator] = {4: "critical", 7: "warning", 6: "warning", 5: "info"}
 _DAYS_PER_MONTH = 30.44
@@ -124,7 +138,7 @@ class Rating:
 class Proposal:
     """One suggestion the cards should offer (what to do, not how to say it)."""
 
-    purpose: str  # stable id part: "convert-MR_LSPINE_WO", "create-MR_LSPINE_WO", "remove", "mark-stat"
+    purpose: str  # the suggestion name in the card texts: "convert", "create", "remove", "keep_urgent", "mri_wo" ...
     action: ActionKind
     procedure_key: str | None = None
     priority: Priority = "routine"
@@ -140,7 +154,8 @@ class Concern:
     indicator: Indicator
     proposals: tuple[Proposal, ...] = ()
     findings: tuple[Finding, ...] = ()  # evidence to cite (red flags, implants, prior imaging ...)
-    missing_types: tuple[str, ...] = ()  # for "missing-data": resource types that could not be obtained
+    missing_types: tuple[str, ...] = ()  # for "data_missing": resource types that could not be obtained
+    safety: tuple[Finding, ...] = ()  # contrast or pregnancy concerns that shaped the suggestions
 
 
 @dataclass(frozen=True)
@@ -186,12 +201,12 @@ class Decision:
     @property
     def determined_anything(self) -> bool:
         """False when no selected order got a rating or a card other than the missing-data one."""
-        return any(o.rating is not None or any(c.kind != "missing-data" for c in o.concerns) for o in self.orders)
+        return any(o.rating is not None or any(c.kind != "data_missing" for c in o.concerns) for o in self.orders)
 
     @property
     def needs_data(self) -> bool:
         """True when some selected order could not be answered for lack of data."""
-        return any(c.kind == "missing-data" for o in self.orders for c in o.concerns)
+        return any(c.kind == "data_missing" for o in self.orders for c in o.concerns)
 
 
 def decide(
@@ -199,7 +214,7 @@ def decide(
     orders: tuple[DraftOrder, ...],
     thresholds: Thresholds,
     today: date,
-    acr_category: Callable[[str, int], AcrCategory],
+    acr_category: Callable[[str, int], AcrCategory | None],
 ) -> Decision:
     """Decide ratings and concerns for every selected draft order. Pure: same input, same output."""
     therapy = assess_therapy(facts, orders, thresholds, today)
@@ -314,12 +329,12 @@ def _red_flags(
     facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds, today: date
 ) -> dict[int, tuple[Finding, ...]]:
     findings = list(facts.red_flags)
+    on_record = {f.concept for f in findings}
     # The order's own reason codes are evidence too (e.g. an order placed "for suspected cauda equina").
-    findings.extend(
-        Finding(concept, order.reference, order.authored, concept) for concept in sorted(order.reason_concepts)
-    )
+    findings.extend(f for f in order.reasons if f.concept not in on_record)
     for course in therapy.long_term_steroids:
-        findings.append(Finding("long_term_steroids", course.reference, course.start, course.ingredient))
+        label = " ".join(part for part in (course.ingredient, course.dose_text) if part)
+        findings.append(Finding("long_term_steroids", course.reference, course.start, label))
     concepts = {f.concept for f in findings}
     has_back_pain = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
 
@@ -376,7 +391,7 @@ def _decide_order(
     therapy: TherapyAssessment,
     thresholds: Thresholds,
     today: date,
-    acr_category: Callable[[str, int], AcrCategory],
+    acr_category: Callable[[str, int], AcrCategory | None],
 ) -> OrderDecision:
     if order.kind == "imaging" and order.procedure_key is not None:
         return _decide_imaging(order, order.procedure_key, facts, therapy, thresholds, today, acr_category)
@@ -393,61 +408,57 @@ def _decide_imaging(
     therapy: TherapyAssessment,
     thresholds: Thresholds,
     today: date,
-    acr_category: Callable[[str, int], AcrCategory],
+    acr_category: Callable[[str, int], AcrCategory | None],
 ) -> OrderDecision:
     has_indication = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
     if not has_indication and facts.is_known("Condition"):
         # Known record, no back pain, sciatica or radiculopathy anywhere: the LBP criteria do not apply.
         return OrderDecision(order, Rating("no-criteria-apply", None, ()), None, ())
     variants = assess_variants(facts, therapy, order, thresholds, today)
-    rating = _rate(key, variants.possible, acr_category)
-    safety = _safety(facts, thresholds, today)
-    contrast_unsafe = bool(safety)
-    concerns: list[Concern] = []
+    rating = rate(key, variants.possible, acr_category)
+    contrast_concerns = _contrast_concerns(facts, thresholds, today)
     selected_category = acr_category(key, variants.driving) if variants.driving is not None else None
+    concerns: list[Concern] = []
 
-    variant_concern = _variant_concern(order, key, variants, therapy, selected_category, contrast_unsafe)
+    variant_concern = _variant_concern(
+        order, key, variants, therapy, selected_category, (*contrast_concerns, *facts.pregnancy)
+    )
     if variant_concern is not None:
         concerns.append(variant_concern)
     duplicate = _duplicate_mri(order, key, facts, variants, thresholds, today)
     if duplicate is not None:
         concerns.append(duplicate)
     if key in MRI_KEYS and facts.implants:
+        # MRI stays appropriate (it is only a safety question), so CT myelography is an option, not a recommendation.
+        ct_myelography = Proposal("ct_myelography", "update", "CT_MYELO_LSPINE")
+        concerns.append(Concern("mr_implant", order.reference, "warning", (ct_myelography,), facts.implants))
+    to_mri_without_contrast = (Proposal("convert", "update", MRI_WITHOUT_CONTRAST, recommended=True),)
+    if key in CONTRAST_MRI_KEYS and contrast_concerns:
         concerns.append(
-            Concern(
-                "mri-implant",
-                order.reference,
-                "warning",
-                (Proposal("convert-CT_MYELO_LSPINE", "update", "CT_MYELO_LSPINE"),),
-                facts.implants,
-            )
+            Concern("contrast_safety", order.reference, "warning", to_mri_without_contrast, contrast_concerns)
         )
-    if key in CONTRAST_MRI_KEYS and contrast_unsafe:
-        concerns.append(
-            Concern(
-                "contrast-safety",
-                order.reference,
-                "warning",
-                (Proposal(f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, recommended=True),),
-                safety,
-            )
-        )
-    missing = list(variants.unknown_sources) if rating is None else []
+    if key in PREGNANCY_CONCERN_KEYS and facts.pregnancy:
+        concerns.append(Concern("pregnancy", order.reference, "warning", to_mri_without_contrast, facts.pregnancy))
+    missing = list(variants.unknown_sources)
     if key in MRI_KEYS and "Device" in facts.unknown_types:
         missing.append("Device")
     if key in CONTRAST_MRI_KEYS:
         missing.extend(t for t in ("Observation", "AllergyIntolerance") if t in facts.unknown_types)
     if missing:
-        concerns.append(Concern("missing-data", order.reference, "info", missing_types=tuple(dict.fromkeys(missing))))
-    no_recent_egfr = key in CONTRAST_KEYS and _recent_egfr(facts, thresholds, today) is None
+        concerns.append(Concern("data_missing", order.reference, "info", missing_types=tuple(dict.fromkeys(missing))))
+    # Gadolinium is the concern the knowledge texts speak of: the note goes on contrast MRI orders.
+    no_recent_egfr = key in CONTRAST_MRI_KEYS and _recent_egfr(facts, thresholds, today) is None
     return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr)
 
 
-def _rate(key: str, possible: tuple[int, ...], acr_category: Callable[[str, int], AcrCategory]) -> Rating | None:
+def rate(key: str, possible: tuple[int, ...], acr_category: Callable[[str, int], AcrCategory | None]) -> Rating | None:
     """A rating only when every possible variant gives the same one (PRODUCT.md §3.4)."""
     if not possible:
         return None
-    categories = [acr_category(key, variant) for variant in possible]
+    found = [acr_category(key, variant) for variant in possible]
+    categories = [category for category in found if category is not None]
+    if len(categories) != len(found):
+        return None  # a procedure the ACR table does not rate (e.g. MRI with contrast unspecified)
     codes = {_RATING_OF_CATEGORY[category] for category in categories}
     if len(codes) != 1:
         return None
@@ -462,48 +473,54 @@ def _variant_concern(
     variants: VariantAssessment,
     therapy: TherapyAssessment,
     selected_category: AcrCategory | None,
-    contrast_unsafe: bool,
+    unsafe: tuple[Finding, ...],
 ) -> Concern | None:
     """The card of the driving variant (red flag, failed therapy, candidacy or conservative care)."""
     driving = variants.driving
-    all_flags = tuple(f for variant in RED_FLAG_PRECEDENCE for f in variants.flags.get(variant, ()))
+    # A finding can support several variants (long-term steroids: 7 and 6); cite each resource once.
+    cited: dict[str, Finding] = {}
+    for variant in RED_FLAG_PRECEDENCE:
+        for finding in variants.flags.get(variant, ()):
+            cited.setdefault(finding.reference if finding.reference != order.reference else finding.concept, finding)
+    all_flags = tuple(cited.values())
+    if driving == 4:
+        if selected_category == "UA":
+            # Keep the usually appropriate order, made urgent; a card never asks to replace it.
+            urgent = () if order.priority == "stat" else (Proposal("keep_urgent", "update", key, "stat", True),)
+        else:
+            urgent = (Proposal("convert_urgent", "update", MRI_WITHOUT_CONTRAST, "stat", True),)
+        return Concern("cauda_equina", order.reference, "critical", urgent, all_flags)
     if driving is not None and driving in _VARIANT_CONCERN:
+        kind: ConcernKind = _VARIANT_CONCERN[driving]
+        contrast_unsafe = bool(unsafe)
+        if driving == 7 and contrast_unsafe:
+            kind = "cancer_infection_contrast_concern"
         proposals: tuple[Proposal, ...] = ()
-        if driving == 4:
-            if selected_category == "UA":
-                # "Keep" the appropriate order, made urgent; never ask to replace it.
-                if order.priority != "stat":
-                    proposals = (Proposal("mark-stat", "update", key, "stat", recommended=True),)
-            else:
-                proposals = (
-                    Proposal(
-                        f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, "stat", recommended=True
-                    ),
-                )
-        elif selected_category != "UA":
+        if selected_category != "UA":
             alternatives = list(_VARIANT_ALTERNATIVES[driving])
-            if driving == 5 and not therapy.radicular:
-                alternatives = ["XR_LSPINE", "MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST]
+            if driving == 5 and therapy.radicular:
+                # Prior surgery with radicular symptoms: MRI is the main suggestion, radiographs the alternative.
+                alternatives = ["MR_LSPINE_WWO", "XR_LSPINE", MRI_WITHOUT_CONTRAST]
             if contrast_unsafe:
                 alternatives = [a for a in alternatives if a not in CONTRAST_KEYS]
             alternatives = [a for a in alternatives if a != key]
             proposals = tuple(
-                Proposal(f"convert-{alt}", "update", alt, recommended=index == 0)
+                Proposal(SUGGESTION_OF_PROCEDURE[alt], "update", alt, recommended=index == 0)
                 for index, alt in enumerate(alternatives)
             )
-        return Concern(_VARIANT_CONCERN[driving], order.reference, _VARIANT_INDICATOR[driving], proposals, all_flags)
-    if variants.possible == (3,) and key != MRI_WITHOUT_CONTRAST and selected_category != "UA":
-        return Concern(
-            "failed-therapy-convert",
-            order.reference,
-            "info",
-            (Proposal(f"convert-{MRI_WITHOUT_CONTRAST}", "update", MRI_WITHOUT_CONTRAST, recommended=True),),
-        )
+        return Concern(kind, order.reference, _VARIANT_INDICATOR[driving], proposals, all_flags, safety=unsafe)
+    if variants.possible == (3,):
+        if key == MRI_WITHOUT_CONTRAST or selected_category == "UA":
+            return None  # already the usually appropriate order: rating only, no card
+        convert = Proposal("convert", "update", MRI_WITHOUT_CONTRAST, recommended=True)
+        return Concern("failed_therapy_convert", order.reference, "info", (convert,))
     if variants.possible == (2, 3):
-        return Concern("confirm-candidacy", order.reference, "info")
+        return Concern("confirm_candidacy", order.reference, "info")
     if variants.possible in ((1,), (2,)):
-        kind: ConcernKind = "conservative-care-early" if variants.possible == (1,) else "conservative-care-no-trial"
-        return Concern(kind, order.reference, "warning", (Proposal("remove", "delete", recommended=True),))
+        under_threshold = therapy.symptom_weeks is not None and therapy.duration_met is False
+        kind_: ConcernKind = "conservative_care_first" if under_threshold else "no_documented_therapy"
+        remove = Proposal("remove", "delete", recommended=True)
+        return Concern(kind_, order.reference, "warning", (remove,))
     return None
 
 
@@ -522,14 +539,13 @@ def _duplicate_mri(
     if recent is None:
         return None
     since = recent.performed or today
-    flags = [f for found in variants.flags.values() for f in found]
+    flags = [f for found in variants.flags.values() for f in found if f.concept != "advanced_age"]
     # An undated red flag may be new: do not call the order a duplicate then.
-    if any(f.recorded is None or f.recorded > since for f in flags if f.concept != "advanced_age"):
+    if any(f.recorded is None or f.recorded > since for f in flags):
         return None
     evidence = Finding("prior_lumbar_mri", recent.reference, recent.performed, recent.procedure_key)
-    return Concern(
-        "duplicate-mri", order.reference, "warning", (Proposal("remove", "delete", recommended=True),), (evidence,)
-    )
+    remove = Proposal("remove", "delete", recommended=True)
+    return Concern("duplicate_mri", order.reference, "warning", (remove,), (evidence,))
 
 
 def _recent_mri(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> PriorImaging | None:
@@ -557,22 +573,20 @@ def _decide_therapy_order(
         return OrderDecision(order, None, None, ())  # not the back-pain question
     variants = assess_variants(facts, therapy, order, thresholds, today)
     mri_drafted = any(o.procedure_key in MRI_KEYS for o in orders)
-    create = Proposal(f"create-{MRI_WITHOUT_CONTRAST}", "create", MRI_WITHOUT_CONTRAST, recommended=True)
     if variants.driving == 4:
-        proposals = () if mri_drafted else (Proposal(create.purpose, "create", MRI_WITHOUT_CONTRAST, "stat", True),)
-        flags = variants.flags.get(4, ())
-        return OrderDecision(
-            order, None, variants, (Concern("cauda-equina", order.reference, "critical", proposals, flags),)
-        )
-    imaging_checked = facts.any_known(*_IMAGING_TYPES)
+        create_urgent = Proposal("create_urgent", "create", MRI_WITHOUT_CONTRAST, "stat", True)
+        proposals = () if mri_drafted else (create_urgent,)
+        concern = Concern("cauda_equina", order.reference, "critical", proposals, variants.flags.get(4, ()))
+        return OrderDecision(order, None, variants, (concern,))
     if (
         variants.possible == (3,)
         and not mri_drafted
-        and imaging_checked
+        and facts.any_known(*_IMAGING_TYPES)
         and _recent_mri(facts, thresholds, today) is None
     ):
+        create = Proposal("create", "create", MRI_WITHOUT_CONTRAST, recommended=True)
         return OrderDecision(
-            order, None, variants, (Concern("failed-therapy-create", order.reference, "info", (create,)),)
+            order, None, variants, (Concern("failed_therapy_create", order.reference, "info", (create,)),)
         )
     return OrderDecision(order, None, variants, ())
 
@@ -587,13 +601,12 @@ def _recent_egfr(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> f
     return egfr.value
 
 
-def _safety(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> tuple[Finding, ...]:
-    """Contrast (gadolinium) safety concerns on record: low eGFR, kidney failure or dialysis, allergy, pregnancy."""
+def _contrast_concerns(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> tuple[Finding, ...]:
+    """Gadolinium concerns on record: low recent eGFR, kidney failure or dialysis, gadolinium allergy."""
     concerns: list[Finding] = []
     egfr = _recent_egfr(facts, thresholds, today)
     if egfr is not None and egfr < thresholds.egfr_contrast_limit and facts.egfr is not None:
         concerns.append(Finding("egfr", facts.egfr.reference, facts.egfr.recorded, f"{egfr:g}"))
     concerns.extend(facts.kidney)
     concerns.extend(facts.gadolinium_allergy)
-    concerns.extend(facts.pregnancy)
     return tuple(concerns)

@@ -24,7 +24,7 @@ OrderKind = Literal["imaging", "medication", "procedure", "referral", "other"]
 
 @dataclass(frozen=True)
 class CodeRef:
-    """One coding found on the record (for reasonCode of a suggested order)."""
+    """One ICD-10-CM or SNOMED coding of a condition on record (for the reasonCode of a suggested order)."""
 
     system: str
     code: str
@@ -98,6 +98,7 @@ class DraftOrder:
     drug_class: DrugClass | None = None
     concepts: frozenset[str] = frozenset()  # concepts of the order's own code (ESI, referral ...)
     reason_concepts: frozenset[str] = frozenset()  # concepts of its reasonCode
+    reasons: tuple[Finding, ...] = ()  # the same, one Finding per concept with the reason's own label
     authored: date | None = None
     priority: str | None = None  # routine | urgent | asap | stat, as ordered
     # The raw JSON resource: opaque to the core; cards copy it into update actions (CDS Hooks updates carry the whole
@@ -123,8 +124,6 @@ class ClinicalFacts:
     max_temperature: LabResult | None  # the highest temperature within the look-back
     pregnancy: tuple[Finding, ...]
     gadolinium_allergy: tuple[Finding, ...]
-    reason_codes: tuple[CodeRef, ...]  # ICD-10-CM and SNOMED codes of the episode conditions
-    episode_references: tuple[str, ...]  # "Condition/x" of the episode conditions
     unknown_types: frozenset[str]  # resource types that could not be obtained (unknown, not absent)
     unavailable_reasons: tuple[tuple[str, str], ...] = ()  # (resourceType, why) for the missing-data card
 

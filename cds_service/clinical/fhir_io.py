@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -234,20 +234,21 @@ def _weeks_between(start: date | None, end: date | None) -> float | None:
 class _Collector:
     """Mutable accumulator used while one record is read (never shared between requests)."""
 
-    episode: list[tuple[Finding, bool]]
-    red_flags: list[Finding]
-    implants: list[Finding]
-    kidney: list[Finding]
-    pregnancy: list[Finding]
-    allergy: list[Finding]
-    physical_therapy: list[Finding]
-    referrals: list[Finding]
-    courses: list[tuple[str, DrugClass, MedicationInfo, str | None, date | None, date | None, float | None]]
-    prior_imaging: list[PriorImaging]
-    reason_codes: list[CodeRef]
-    skipped: list[str]
-    temperatures: list[LabResult]
-    egfrs: list[LabResult]
+    episode: list[tuple[Finding, bool]] = field(default_factory=list)
+    red_flags: list[Finding] = field(default_factory=list)
+    implants: list[Finding] = field(default_factory=list)
+    kidney: list[Finding] = field(default_factory=list)
+    pregnancy: list[Finding] = field(default_factory=list)
+    allergy: list[Finding] = field(default_factory=list)
+    physical_therapy: list[Finding] = field(default_factory=list)
+    referrals: list[Finding] = field(default_factory=list)
+    courses: list[tuple[str, DrugClass, MedicationInfo, str | None, date | None, date | None, float | None]] = field(
+        default_factory=list
+    )
+    prior_imaging: list[PriorImaging] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    temperatures: list[LabResult] = field(default_factory=list)
+    egfrs: list[LabResult] = field(default_factory=list)
     long_term_steroid_coded: bool = False
     age: int | None = None
     sex: str | None = None
@@ -284,7 +285,7 @@ class FhirReader:
         today = now.date()
         orders, order_skips = self.read_draft_orders(draft_orders, selections)
         draft_refs = frozenset(order.reference for order in orders)
-        collector = _Collector([], [], [], [], [], [], [], [], [], [], [], [], [], [])
+        collector = _Collector()
         collector.skipped.extend(order_skips)
         for patient in record.of_type("Patient")[:1]:
             if self._validate(patient, collector):
@@ -348,10 +349,16 @@ class FhirReader:
         concepts = self._knowledge.concepts_of_codings(codings) | self._knowledge.concepts_of_text(_label(code))
         for specialty in _as_list(resource.get("specialty")):  # STU3 ReferralRequest
             concepts |= self._knowledge.concepts_of_text(_label(specialty))
-        reason_concepts: frozenset[str] = frozenset()
+        reasons: dict[str, Finding] = {}
         for reason in _as_list(resource.get("reasonCode")) + _as_list(resource.get("reasonCodeableConcept")):
-            reason_concepts |= self._knowledge.concepts_of_codings(_codings(reason))
-            reason_concepts |= self._knowledge.concepts_of_text(_label(reason))
+            found = self._knowledge.concepts_of_codings(_codings(reason)) | self._knowledge.concepts_of_text(
+                _label(reason)
+            )
+            for concept in sorted(found):
+                reasons.setdefault(
+                    concept, Finding(concept, reference, authored, _label(reason) or concept, _code_refs(reason))
+                )
+        reason_concepts = frozenset(reasons)
         if procedure_key is not None:
             kind = "imaging"
         elif "epidural_steroid_injection" in concepts:
@@ -372,6 +379,7 @@ class FhirReader:
             non_lumbar_imaging=bool(non_lumbar),
             concepts=concepts & THERAPY_CONCEPTS,
             reason_concepts=reason_concepts,
+            reasons=tuple(reasons.values()),
             authored=authored,
             priority=resource.get("priority") if isinstance(resource.get("priority"), str) else None,
             raw=resource,
@@ -383,7 +391,9 @@ class FhirReader:
         reason = _validation_error(model, resource)
         if reason is None:
             return True
-        collector.skipped.append(f"{_reference(resource)} skipped: {reason}")
+        # A Patient id is a patient identifier: name the type only.
+        name = "Patient" if resource.get("resourceType") == "Patient" else _reference(resource)
+        collector.skipped.append(f"{name} skipped: {reason}")
         return False
 
     def _read_patient(self, patient: Mapping[str, Any], collector: _Collector, today: date) -> None:
@@ -685,11 +695,6 @@ class FhirReader:
             active=any(active for _f, active in c.episode),
         )
         courses = tuple(self._course(item, c.long_term_steroid_coded) for item in c.courses)
-        reason_codes: list[CodeRef] = []
-        for finding in episode_findings:
-            for code in finding.codes:
-                if code not in reason_codes:
-                    reason_codes.append(code)
         egfr = max(c.egfrs, key=lambda r: r.recorded or date.min) if c.egfrs else None
         temperature = max(c.temperatures, key=lambda r: r.value) if c.temperatures else None
         return ClinicalFacts(
@@ -707,8 +712,6 @@ class FhirReader:
             max_temperature=temperature,
             pregnancy=tuple(c.pregnancy),
             gadolinium_allergy=tuple(c.allergy),
-            reason_codes=tuple(reason_codes),
-            episode_references=tuple(dict.fromkeys(f.reference for f in episode_findings)),
             unknown_types=unknown,
             unavailable_reasons=tuple(sorted((t, r) for t, r in record.unavailable.items() if t in RECORD_TYPES)),
         )

@@ -23,15 +23,42 @@ reference/clinical.md §1.3):
 Drug classes in :class:`MedicationInfo`: "nsaid", "systemic_corticosteroid".
 ACR categories: "UA" (usually appropriate), "MBA" (may be appropriate), "UNA" (usually not appropriate).
 Variants: 1..7 as in reference/clinical.md §1.2.
+:meth:`Knowledge.acr_category` raises KeyError for a key the ACR table does not list
+(``MR_LSPINE``) or a variant outside 1..7; :meth:`Knowledge.is_rated_procedure` asks first.
+
+Confidence: concepts without a verified code (saddle_anesthesia, physical_therapy,
+epidural_steroid_injection, spine_intervention_referral, gadolinium_allergy) are found only by
+:meth:`Knowledge.concepts_of_text`, a lower-confidence keyword match; ``recent_infection`` and
+``low_velocity_trauma`` hold ICD-10-CM categories chosen by the team (see each ValueSet's
+description).
 """
 
 from cds_service.knowledge.base import (
+    ACR_VARIANTS,
+    CONCEPT_KEYS,
+    KNOWLEDGE_VERSION,
+    PROCEDURE_KEYS,
     AcrCategory,
     Knowledge,
     MedicationInfo,
+    ProcedureInfo,
     Thresholds,
     ValueSetInfo,
+    check_knowledge,
     load_knowledge,
 )
 
-__all__ = ["AcrCategory", "Knowledge", "MedicationInfo", "Thresholds", "ValueSetInfo", "load_knowledge"]
+__all__ = [
+    "ACR_VARIANTS",
+    "CONCEPT_KEYS",
+    "KNOWLEDGE_VERSION",
+    "PROCEDURE_KEYS",
+    "AcrCategory",
+    "Knowledge",
+    "MedicationInfo",
+    "ProcedureInfo",
+    "Thresholds",
+    "ValueSetInfo",
+    "check_knowledge",
+    "load_knowledge",
+]

@@ -1,13 +1,49 @@
-"""Knowledge base types and loader. (Skeleton: the implementation fills in the data and the loader.)"""
+"""Knowledge base types and the read-only :class:`Knowledge` lookups.
+
+The data lives in JSON files next to this module and is loaded and validated once per process
+by :func:`load_knowledge` (see :mod:`cds_service.knowledge.loader`). After that every lookup is
+a dict lookup on ``(canonical_system, normalised_code)``; nothing is built per request.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from cds_service.errors import ConfigurationError
+from cds_service.knowledge.systems import coding_key
+
+if TYPE_CHECKING:
+    from cds_service.knowledge.medications import MedicationIndex
 
 AcrCategory = Literal["UA", "MBA", "UNA"]
+
+KNOWLEDGE_VERSION: Final = "2026.11.0"
+VALUESET_BASE_URL: Final = "http://lumbar-imaging-cds.example.org/fhir/ValueSet/"
+
+CONCEPT_KEYS: Final[tuple[str, ...]] = (
+    "low_back_pain", "sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis",
+    "cauda_equina_syndrome", "urinary_retention", "fecal_incontinence", "saddle_anesthesia",
+    "malignancy", "spinal_infection", "fever", "recent_infection", "iv_drug_use", "hiv", "transplant",
+    "immunosuppression", "long_term_steroids", "weight_loss", "osteoporosis", "vertebral_fracture",
+    "low_velocity_trauma", "prior_lumbar_surgery", "physical_therapy", "epidural_steroid_injection",
+    "spine_intervention_referral", "mr_implant", "kidney_failure", "dialysis", "pregnancy",
+    "gadolinium_allergy", "body_temperature", "egfr", "pregnancy_test",
+)  # fmt: skip
+
+PROCEDURE_KEYS: Final[tuple[str, ...]] = (
+    "MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO", "MR_LSPINE",
+    "CT_LSPINE_WO", "CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE", "XR_LSPINE", "BONE_SCAN",
+)  # fmt: skip
+
+ACR_VARIANTS: Final[tuple[int, ...]] = (1, 2, 3, 4, 5, 6, 7)
+
+_EMPTY: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -25,14 +61,43 @@ class Thresholds:
     fever_celsius: float = 38.0
     egfr_contrast_limit: float = 30.0  # eGFR below this is a gadolinium safety concern
 
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any] | None, *, where: str = "thresholds") -> Thresholds:
+        """Defaults with ``overrides`` applied (the ``_config.thresholds`` object of a hook definition).
+
+        Every key must name a field; integer fields take integers, the two temperature/eGFR fields
+        take numbers; all values must be positive. Raises :class:`ConfigurationError` naming the
+        bad key (prefixed with ``where``, e.g. ``"hooks/x.json: _config.thresholds"``).
+        """
+        if overrides is None:
+            return cls()
+        if not isinstance(overrides, Mapping):
+            raise ConfigurationError(f"{where}: expected an object of threshold names to values")
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        values: dict[str, int | float] = {}
+        for key, value in overrides.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigurationError(f"{where}.{key}: unknown threshold (known: {', '.join(sorted(fields))})")
+            # bool is an int subclass, and "true weeks" is always a mistake.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"{where}.{key}: expected a number, got {type(value).__name__}")
+            if isinstance(field.default, int) and not isinstance(value, int):
+                raise ConfigurationError(f"{where}.{key}: expected a whole number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{where}.{key}: expected a positive number, got {value!r}")
+            values[key] = value
+        return cls(**values)  # type: ignore[arg-type]  # types checked above, field by field
+
 
 @dataclass(frozen=True)
 class MedicationInfo:
-    ingredient: str  # lower-case ingredient name, e.g. "naproxen"
+    # Lower-case ingredient name, e.g. "naproxen"; "nsaid" or "glucocorticoid" when only the ATC class is known.
+    ingredient: str
     drug_class: str  # "nsaid" | "systemic_corticosteroid"
     systemic: bool  # False for topical, ophthalmic, inhaled, nasal ... forms (not a systemic trial)
     antiplatelet_aspirin: bool = False  # low-dose aspirin: never an NSAID trial
-    strength: str | None = None  # e.g. "500 MG", from the product table
+    strength: str | None = None  # e.g. "500 MG", from the product table or the text
     confidence: Literal["code", "text"] = "code"  # "text": matched on the ingredient name only
 
 
@@ -42,44 +107,190 @@ class ValueSetInfo:
     url: str
     version: str
     title: str
+    code_count: int = 0  # codes after load-time expansion (0: recognised by text keywords only)
+    text_only: bool = False  # no verified code: only concepts_of_text can find this concept
+
+
+@dataclass(frozen=True)
+class ProcedureInfo:
+    """One ACR procedure key: its label, modality and IV contrast (without, with, without_and_with, unspecified)."""
+
+    key: str
+    label: str
+    modality: Literal["MR", "CT", "XR", "NM"]
+    iv_contrast: Literal["without", "with", "without_and_with", "unspecified"]
+
+    @property
+    def uses_gadolinium(self) -> bool:
+        """True for MRI orders that give IV (gadolinium) contrast."""
+        return self.modality == "MR" and self.iv_contrast in ("with", "without_and_with")
+
+
+@dataclass(frozen=True)
+class KnowledgeTables:
+    """Everything :class:`Knowledge` looks up, already built and validated by the loader."""
+
+    version: str
+    concepts: Mapping[tuple[str, str], frozenset[str]]
+    displays: Mapping[tuple[str, str], str]
+    valuesets: Mapping[str, ValueSetInfo]
+    keyword_pattern: re.Pattern[str] | None
+    keyword_concepts: Mapping[str, frozenset[str]]
+    medications: MedicationIndex
+    procedures: Mapping[tuple[str, str], str]
+    procedure_infos: Mapping[str, ProcedureInfo]
+    acr: Mapping[str, Mapping[int, AcrCategory]]
+    acr_inferred: frozenset[tuple[str, int]]
+    mri_codings: tuple[tuple[str, str, str], ...]
+    mri_protocol: str
+    cards: Mapping[str, Any]
+
+
+_SEPARATORS: Final = re.compile(r"[\s\-]+")
 
 
 class Knowledge:
-    """Read-only lookups over the knowledge base. Build it with :func:`load_knowledge`."""
+    """Read-only lookups over the knowledge base. Build it with :func:`load_knowledge`.
+
+    Lookups accept any common spelling of a system URI (see :mod:`cds_service.knowledge.systems`)
+    and ICD-10-CM codes with or without the dot. Unknown systems and codes give empty answers.
+    """
 
     version: str
     thresholds: Thresholds
 
+    def __init__(self, tables: KnowledgeTables, thresholds: Thresholds | None = None) -> None:
+        self._tables = tables
+        self.version = tables.version
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+
+    def with_thresholds(self, thresholds: Thresholds) -> Knowledge:
+        """The same knowledge with other thresholds (per-service overrides); shares every table."""
+        return Knowledge(self._tables, thresholds)
+
+    # -- concepts ---------------------------------------------------------------------------
+
     def concepts_of(self, system: str | None, code: str | None) -> frozenset[str]:
-        raise NotImplementedError
+        """Concept keys whose value set holds this coding (empty for unknown systems or codes)."""
+        key = coding_key(system, code)
+        if key is None:
+            return _EMPTY
+        return self._tables.concepts.get(key, _EMPTY)
 
     def concepts_of_codings(self, codings: Iterable[tuple[str | None, str | None]]) -> frozenset[str]:
-        raise NotImplementedError
+        """Union of :meth:`concepts_of` over several codings (e.g. all codings of one CodeableConcept)."""
+        found: frozenset[str] = _EMPTY
+        for system, code in codings:
+            concepts = self.concepts_of(system, code)
+            if concepts:
+                found = found | concepts
+        return found
 
     def concepts_of_text(self, text: str | None) -> frozenset[str]:
-        """Lower-confidence keyword match (procedure and referral text, device names)."""
-        raise NotImplementedError
+        """Lower-confidence keyword match (procedure and referral text, device names).
 
-    def medication(self, system: str | None, code: str | None) -> MedicationInfo | None:
-        raise NotImplementedError
+        Case-insensitive whole-word match of the keywords in ``keywords.json``; a space in a
+        keyword also matches a hyphen. Negation ("no pacemaker") is not detected.
+        """
+        pattern = self._tables.keyword_pattern
+        if not text or pattern is None:
+            return _EMPTY
+        found: frozenset[str] = _EMPTY
+        for match in pattern.finditer(text):
+            keyword = _SEPARATORS.sub(" ", match.group(0).lower())
+            found = found | self._tables.keyword_concepts.get(keyword, _EMPTY)
+        return found
 
-    def medication_from_text(self, text: str | None) -> MedicationInfo | None:
-        raise NotImplementedError
-
-    def procedure_key(self, system: str | None, code: str | None) -> str | None:
-        raise NotImplementedError
-
-    def acr_category(self, procedure_key: str, variant: int) -> AcrCategory:
-        raise NotImplementedError
+    def display(self, system: str | None, code: str | None) -> str | None:
+        """The display text the knowledge base holds for a coding (value sets, procedures), if any."""
+        key = coding_key(system, code)
+        return self._tables.displays.get(key) if key is not None else None
 
     def valueset(self, key: str) -> ValueSetInfo:
-        raise NotImplementedError
+        """Canonical URL, version and title of the value set of a concept key (KeyError if unknown)."""
+        return self._tables.valuesets[key]
+
+    # -- medications ------------------------------------------------------------------------
+
+    def medication(self, system: str | None, code: str | None) -> MedicationInfo | None:
+        """NSAID or systemic corticosteroid named by an RxNorm (ingredient or product) or ATC code, else None."""
+        return self._tables.medications.by_code(system, code)
+
+    def medication_from_text(self, text: str | None) -> MedicationInfo | None:
+        """Ingredient-name match on display/text (confidence "text"), with dose form and aspirin dose from the text."""
+        return self._tables.medications.by_text(text)
+
+    def medication_of_concept(
+        self, codings: Iterable[tuple[str | None, str | None]], text: str | None
+    ) -> MedicationInfo | None:
+        """Best reading of one medication CodeableConcept: its codes first, refined by its text.
+
+        A code identifies the drug; the text can still tell what the code does not: a topical
+        form, or the strength of an aspirin coded only by ingredient (81 mg is antiplatelet).
+        """
+        return self._tables.medications.of_concept(codings, text)
+
+    # -- procedures and ratings ------------------------------------------------------------
+
+    def procedure_key(self, system: str | None, code: str | None) -> str | None:
+        """ACR procedure key (``MR_LSPINE_WO`` ...) of a CPT, LOINC or RadLex code; None if not lumbar imaging."""
+        key = coding_key(system, code)
+        return self._tables.procedures.get(key) if key is not None else None
+
+    def procedure_info(self, procedure_key: str) -> ProcedureInfo:
+        """Label, modality and contrast of a procedure key (KeyError if unknown)."""
+        return self._tables.procedure_infos[procedure_key]
+
+    def acr_category(self, procedure_key: str, variant: int) -> AcrCategory:
+        """ACR category of a procedure in a variant (clinical.md §1.3).
+
+        Raises KeyError for a procedure the ACR table does not list (``MR_LSPINE``: contrast not
+        specified) or a variant outside 1..7; use :meth:`is_rated_procedure` to ask first.
+        """
+        return self._tables.acr[procedure_key][variant]
+
+    def is_rated_procedure(self, procedure_key: str) -> bool:
+        """True when the ACR table has a row for this procedure key."""
+        return procedure_key in self._tables.acr
+
+    def acr_cell_inferred(self, procedure_key: str, variant: int) -> bool:
+        """True for cells marked UNA* in clinical.md §1.3 (inferred, not read in the ACR table)."""
+        return (procedure_key, variant) in self._tables.acr_inferred
+
+    def mri_without_contrast_codings(self) -> tuple[tuple[str, str, str], ...]:
+        """``(system, code, display)`` of the suggested order: CPT 72148 and LOINC 30679-5."""
+        return self._tables.mri_codings
+
+    @property
+    def mri_protocol(self) -> str:
+        """Protocol text for the suggested MRI order (sequences and field strength)."""
+        return self._tables.mri_protocol
+
+    # -- cards --------------------------------------------------------------------------------
 
     @property
     def card_texts(self) -> Mapping[str, Any]:
-        raise NotImplementedError
+        """The parsed ``cards.json`` (read-only mappings and tuples): templates, references, override reasons."""
+        return self._tables.cards
 
 
 @lru_cache(maxsize=1)
 def load_knowledge() -> Knowledge:
-    raise NotImplementedError
+    """The knowledge base of this package, loaded and validated once per process.
+
+    Raises :class:`ConfigurationError` naming the file and the problem when a file is wrong.
+    """
+    from cds_service.knowledge import icd10cm
+    from cds_service.knowledge.loader import load_knowledge_from
+
+    knowledge = load_knowledge_from()
+    # Built once per process: the ICD-10-CM package's tables are no longer needed.
+    icd10cm.release()
+    return knowledge
+
+
+def check_knowledge() -> list[str]:
+    """Problems in the knowledge files of this package (empty when all is well), for ``cds-service check-config``."""
+    from cds_service.knowledge.loader import knowledge_problems
+
+    return knowledge_problems()

@@ -1,0 +1,655 @@
+"""Card rendering: a Decision in, CDS Hooks response objects out (PRODUCT.md §2.4, §3.5).
+
+Every word a clinician reads comes from data: the card texts of the knowledge base
+(``Knowledge.card_texts``, i.e. ``cds_service/knowledge/cards.json``) and the renderer's terms
+(``terms.json`` next to this module, overridable by ``card_texts["terms"]``). This module only decides
+*which* text, *which* evidence and *which* actions.
+
+Identifiers are deterministic so that golden files are byte-stable: card, suggestion and action uuids are
+``uuid5(NAMESPACE, f"{hook_instance}|{purpose}|{order}")``; the PAMA consult id is ``urn:uuid:`` +
+``uuid5(NAMESPACE, f"{session_key}|{order}")``, stable for the same order in the same ordering session.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from typing import Any
+
+from cds_service.clinical.decision import (
+    Concern,
+    ConcernKind,
+    Decision,
+    OrderDecision,
+    Proposal,
+    Rating,
+    TherapyAssessment,
+    rate,
+)
+from cds_service.clinical.facts import ClinicalFacts, CodeRef, DraftOrder, Finding, MedicationCourse
+from cds_service.errors import ConfigurationError
+from cds_service.knowledge import AcrCategory, Thresholds
+from cds_service.protocol.response import Action, Card, Coding, Link, Source, Suggestion
+
+# Fixed namespace of every deterministic id this service mints (uuid5 of the service's own URN).
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cds-service:lumbar-imaging")
+
+PAMA_RATING_URL = "http://fhir.org/argonaut/Extension/pama-rating"
+PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
+PAMA_CONSULT_ID_URL = "http://fhir.org/argonaut/Extension/pama-rating-consult-id"
+PAMA_AUC_APPLIED_URL = "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"
+_PAMA_URLS = frozenset({PAMA_RATING_URL, PAMA_CONSULT_ID_URL, PAMA_AUC_APPLIED_URL})
+IMAGING_CATEGORY = {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}
+
+# What a suggested order is coded with: CPT and LOINC codes of the knowledge base (procedures.json). The engine
+# checks at start-up that each maps back to its key, so the two cannot drift apart.
+ORDERABLE_CODINGS: Mapping[str, tuple[Mapping[str, str], ...]] = {
+    "MR_LSPINE_WO": (
+        {
+            "system": "http://www.ama-assn.org/go/cpt",
+            "code": "72148",
+            "display": "Magnetic resonance (eg, proton) imaging, spinal canal and contents, lumbar; "
+            "without contrast material",
+        },
+        {"system": "http://loinc.org", "code": "30679-5", "display": "MR Lumbar spine WO contrast"},
+    ),
+    "MR_LSPINE_WWO": (
+        {
+            "system": "http://www.ama-assn.org/go/cpt",
+            "code": "72158",
+            "display": "Magnetic resonance (eg, proton) imaging, spinal canal and contents, lumbar; "
+            "without contrast material, followed by contrast material(s) and further sequences",
+        },
+        {"system": "http://loinc.org", "code": "24967-2", "display": "MR Lumbar spine WO and W contrast IV"},
+    ),
+    "CT_LSPINE_WO": (
+        {
+            "system": "http://www.ama-assn.org/go/cpt",
+            "code": "72131",
+            "display": "Computed tomography, lumbar spine; without contrast material",
+        },
+        {"system": "http://loinc.org", "code": "30620-9", "display": "CT Lumbar spine WO contrast"},
+    ),
+    "XR_LSPINE": (
+        {
+            "system": "http://www.ama-assn.org/go/cpt",
+            "code": "72100",
+            "display": "Radiologic examination, spine, lumbosacral; 2 or 3 views",
+        },
+    ),
+    "CT_MYELO_LSPINE": ({"system": "http://loinc.org", "code": "24965-6", "display": "CT Lumbar spine W contrast IT"},),
+}
+
+# The suggestions each card kind may offer (names in the card texts); checked at start-up.
+SUGGESTIONS_OF_CARD: Mapping[ConcernKind, tuple[str, ...]] = {
+    "cauda_equina": ("keep_urgent", "convert_urgent", "create_urgent"),
+    "cancer_infection": ("mri_wwo", "mri_wo"),
+    "cancer_infection_contrast_concern": ("mri_wo",),
+    "fracture_risk": ("radiographs", "mri_wo", "ct_wo"),
+    "prior_surgery": ("mri_wwo", "mri_wo", "radiographs"),
+    "failed_therapy_convert": ("convert",),
+    "failed_therapy_create": ("create",),
+    "confirm_candidacy": (),
+    "conservative_care_first": ("remove",),
+    "no_documented_therapy": ("remove",),
+    "duplicate_mri": ("remove",),
+    "mr_implant": ("ct_myelography",),
+    "contrast_safety": ("convert",),
+    "pregnancy": ("convert",),
+    "data_missing": (),
+}
+_THERAPY_EVIDENCE_CARDS = frozenset(
+    {
+        "failed_therapy_convert",
+        "failed_therapy_create",
+        "confirm_candidacy",
+        "conservative_care_first",
+        "no_documented_therapy",
+        "data_missing",
+    }
+)
+_TERMS_KEYS = (
+    "procedures", "ratings", "categories", "rating_action", "rating_action_no_category", "order_kinds",
+    "missing_types", "missing_many", "evidence", "concerns", "order_notes", "cards",
+)  # fmt: skip
+
+
+class _Keep(dict[str, str]):
+    """Format values where a placeholder the data has no value for stays visible instead of raising."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _fill(template: str, **values: object) -> str:
+    return template.format_map(_Keep({k: "" if v is None else str(v) for k, v in values.items()}))
+
+
+def _section(texts: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = texts.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _load_terms() -> dict[str, Any]:
+    text = resources.files("cds_service.clinical").joinpath("terms.json").read_text(encoding="utf-8")
+    terms: dict[str, Any] = json.loads(text)
+    return terms
+
+
+@dataclass(frozen=True)
+class CardTexts:
+    """The card wording (knowledge card texts plus renderer terms), checked once at start-up."""
+
+    cards: Mapping[str, Mapping[str, Any]]
+    source_label: str
+    source_url: str
+    topic_system: str | None
+    override_reasons: Mapping[str, Coding]
+    references: Mapping[str, Link]
+    placeholder_limits: Mapping[str, int]
+    phrases: Mapping[str, str]
+    terms: Mapping[str, Any]
+    extra_cards: Mapping[str, Mapping[str, Any]]  # card texts the knowledge base does not have yet
+
+    @classmethod
+    def from_mapping(cls, texts: Mapping[str, Any]) -> CardTexts:
+        """Validate the card texts; ConfigurationError names every missing key."""
+        missing: list[str] = []
+        source = _section(texts, "source")
+        for key in ("label", "url"):
+            if not isinstance(source.get(key), str):
+                missing.append(f"source.{key}")
+        cards = _section(texts, "cards")
+        reason_system = texts.get("override_reason_system")
+        reason_names = _section(texts, "override_reasons")
+        if not isinstance(reason_system, str):
+            missing.append("override_reason_system")
+        for kind, suggestion_names in SUGGESTIONS_OF_CARD.items():
+            card = cards.get(kind)
+            if not isinstance(card, Mapping):
+                missing.append(f"cards.{kind}")
+                continue
+            for member in ("summary", "detail"):
+                if not isinstance(card.get(member), str):
+                    missing.append(f"cards.{kind}.{member}")
+            suggestions = _section(card, "suggestions")
+            missing.extend(f"cards.{kind}.suggestions.{name}" for name in suggestion_names if name not in suggestions)
+            missing.extend(
+                f"override_reasons.{code}" for code in card.get("override_reasons") or () if code not in reason_names
+            )
+        terms = dict(_load_terms())
+        overrides = texts.get("terms")
+        if isinstance(overrides, Mapping):
+            for key, value in overrides.items():
+                merged = terms.get(key)
+                terms[key] = {**merged, **value} if isinstance(merged, dict) and isinstance(value, Mapping) else value
+        missing.extend(f"terms.{key}" for key in _TERMS_KEYS if key not in terms)
+        if missing:
+            raise ConfigurationError("knowledge card texts: missing " + ", ".join(missing))
+        references = _section(texts, "references")
+        placeholders = _section(texts, "placeholders")
+        phrases = _section(texts, "phrases")
+        return cls(
+            cards=cards,
+            source_label=str(source["label"]),
+            source_url=str(source["url"]),
+            topic_system=source.get("topic_system") if isinstance(source.get("topic_system"), str) else None,
+            override_reasons={
+                code: Coding(str(reason_system), str(code), str(display)) for code, display in reason_names.items()
+            },
+            references={
+                name: Link(label=str(ref["label"]), url=str(ref["url"]))
+                for name, ref in references.items()
+                if isinstance(ref, Mapping) and "label" in ref and "url" in ref
+            },
+            placeholder_limits={
+                name: int(spec["max_length"])
+                for name, spec in placeholders.items()
+                if isinstance(spec, Mapping) and isinstance(spec.get("max_length"), int)
+            },
+            phrases={str(k): str(v) for k, v in phrases.items()},
+            terms=terms,
+            extra_cards={**_section(terms, "cards"), **{k: v for k, v in cards.items() if k == "data_missing_rated"}},
+        )
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Per-request values the renderer needs (no clock: ``today`` comes from the caller)."""
+
+    hook_instance: str
+    session_key: str
+    patient_id: str
+    encounter_id: str | None
+    user_id: str | None
+    today: date
+
+
+def uuid_for(hook_instance: str, purpose: str, order: str) -> str:
+    """Deterministic uuid of a card, suggestion or action."""
+    return str(uuid.uuid5(NAMESPACE, f"{hook_instance}|{purpose}|{order}"))
+
+
+def consult_id(session_key: str, order: str) -> str:
+    """The PAMA consult id: stable for the same order in the same ordering session."""
+    return f"urn:uuid:{uuid.uuid5(NAMESPACE, f'{session_key}|{order}')}"
+
+
+class CardRenderer:
+    """Turns a Decision into cards and rating system actions. Built once per engine; stateless afterwards."""
+
+    def __init__(
+        self,
+        texts: CardTexts,
+        thresholds: Thresholds,
+        acr_category: Callable[[str, int], AcrCategory | None],
+    ) -> None:
+        self._texts = texts
+        self._terms = texts.terms
+        self._evidence: Mapping[str, str] = texts.terms["evidence"]
+        self._thresholds = thresholds
+        self._acr_category = acr_category
+        self._sources = {kind: self._source(kind) for kind in SUGGESTIONS_OF_CARD}
+
+    # ----------------------------------------------------------------------------------------- rendering
+    def render(
+        self, decision: Decision, facts: ClinicalFacts, context: RenderContext
+    ) -> tuple[tuple[Card, ...], tuple[Action, ...]]:
+        """All cards (at most one per order and concern) and the rating system actions, in draft order."""
+        cards: list[Card] = []
+        actions: list[Action] = []
+        for order_decision in decision.orders:
+            if order_decision.rating is not None:
+                actions.append(self._rating_action(order_decision.order, order_decision.rating, context))
+            for concern in order_decision.concerns:
+                cards.append(self._card(concern, order_decision, decision.therapy, facts, context))
+        return tuple(cards), tuple(actions)
+
+    def rating_extensions(self, rating: Rating, consult: str) -> list[dict[str, Any]]:
+        """The three Argonaut PAMA extensions for one rating (code plus the ACR category as a translation)."""
+        codings: list[dict[str, Any]] = [
+            {"system": PAMA_RATING_SYSTEM, "code": rating.code, "display": self._terms["ratings"][rating.code]}
+        ]
+        if rating.category is not None:
+            category_words = str(self._terms["categories"][rating.category])
+            codings.append(
+                {"system": self._texts.source_url, "code": rating.category, "display": category_words.capitalize()}
+            )
+        return [
+            {"url": PAMA_RATING_URL, "valueCodeableConcept": {"coding": codings}},
+            {"url": PAMA_CONSULT_ID_URL, "valueUri": consult},
+            {"url": PAMA_AUC_APPLIED_URL, "valueUri": self._texts.source_url},
+        ]
+
+    def _rating_action(self, order: DraftOrder, rating: Rating, context: RenderContext) -> Action:
+        extensions = self.rating_extensions(rating, consult_id(context.session_key, order.reference))
+        template = self._terms["rating_action"] if rating.category else self._terms["rating_action_no_category"]
+        return Action(
+            type="update",
+            description=_fill(
+                template,
+                rating=self._terms["ratings"][rating.code],
+                category=self._terms["categories"].get(rating.category or "", ""),
+            ),
+            resource=_with_extensions(order.raw, extensions),
+            uuid=uuid_for(context.hook_instance, "rating", order.reference),
+        )
+
+    def _card_text(self, concern: Concern, order_decision: OrderDecision) -> Mapping[str, Any]:
+        """The texts of a card; the missing-data card has a variant for an order rated from the order alone."""
+        if concern.kind == "data_missing" and order_decision.rating is not None:
+            return self._texts.extra_cards["data_missing_rated"]
+        return self._texts.cards[concern.kind]
+
+    def _source(self, kind: str) -> Source:
+        topic = self._texts.cards[kind].get("topic")
+        coding = None
+        if isinstance(topic, Mapping) and self._texts.topic_system and "code" in topic:
+            coding = Coding(self._texts.topic_system, str(topic["code"]), topic.get("display"))
+        return Source(label=self._texts.source_label, url=self._texts.source_url, topic=coding)
+
+    def _card(
+        self,
+        concern: Concern,
+        order_decision: OrderDecision,
+        therapy: TherapyAssessment,
+        facts: ClinicalFacts,
+        context: RenderContext,
+    ) -> Card:
+        order = order_decision.order
+        text = self._card_text(concern, order_decision)
+        values = self._values(concern, order_decision, therapy)
+        suggestions = tuple(
+            self._suggestion(concern, proposal, order_decision, therapy, facts, context)
+            for proposal in concern.proposals
+        )
+        reasons = tuple(
+            self._texts.override_reasons[code]
+            for code in text.get("override_reasons") or ()
+            if code in self._texts.override_reasons
+        )
+        links = tuple(
+            self._texts.references[name] for name in text.get("references") or () if name in self._texts.references
+        )
+        return Card(
+            uuid=uuid_for(context.hook_instance, f"card:{concern.kind}", order.reference),
+            summary=_summary(_fill(str(text["summary"]), **self._limited(values))),
+            indicator=concern.indicator,
+            source=self._sources[concern.kind],
+            detail=self._detail(concern, order_decision, therapy, facts, values),
+            suggestions=suggestions,
+            selection_behavior="at-most-one" if suggestions else None,
+            override_reasons=reasons,
+            links=links,
+        )
+
+    # --------------------------------------------------------------------------------- placeholder values
+    def _values(self, concern: Concern, order_decision: OrderDecision, therapy: TherapyAssessment) -> dict[str, object]:
+        """Summary and detail placeholder values."""
+        order = order_decision.order
+        variants = order_decision.variants
+        category = None
+        if order.procedure_key is not None and variants is not None and variants.driving is not None:
+            category = self._acr_category(order.procedure_key, variants.driving)
+        prior = next((f for f in concern.findings if f.concept == "prior_lumbar_mri"), None)
+        rating_category = order_decision.rating.category if order_decision.rating is not None else None
+        values: dict[str, object] = {
+            "weeks": _whole(therapy.symptom_weeks) or self._evidence["unknown_weeks"],
+            "symptom_weeks": self._thresholds.symptom_weeks,
+            "category": self._terms["categories"].get(category or "", ""),
+            "order_kind": self._terms["order_kinds"].get(order.drug_class or order.kind, ""),
+            "date": self._date(prior.recorded) if prior else "",
+            "lookback_months": self._thresholds.prior_mri_lookback_months,
+            "lookback_days": self._thresholds.current_finding_lookback_days,
+            "device": _capitalised(concern.findings[0].label) if concern.kind == "mr_implant" else "",
+            "concern": self._concern_words(concern.findings[0]) if concern.findings else "",
+            "missing": self._missing_words(concern.missing_types),
+            "procedure": self._terms["procedures"].get(order.procedure_key or "", ""),
+            "category_words": self._terms["categories"].get(rating_category or "", ""),
+        }
+        return values
+
+    def _limited(self, values: Mapping[str, object]) -> dict[str, object]:
+        """Summary values held within the card texts' ``max_length`` (summaries must stay under 140 characters)."""
+        limited = dict(values)
+        for name, limit in self._texts.placeholder_limits.items():
+            value = limited.get(name)
+            if isinstance(value, str) and len(value) > limit:
+                limited[name] = value[: limit - 1].rstrip() + "…"
+        return limited
+
+    def _concern_words(self, finding: Finding) -> str:
+        if finding.concept == "egfr":
+            return _fill(
+                self._terms["concerns"]["egfr"], value=finding.label, limit=f"{self._thresholds.egfr_contrast_limit:g}"
+            )
+        return _capitalised(finding.label)
+
+    def _missing_words(self, resource_types: Sequence[str]) -> str:
+        names = list(dict.fromkeys(self._terms["missing_types"].get(t, t) for t in resource_types))
+        return names[0] if len(names) == 1 else (str(self._terms["missing_many"]) if names else "")
+
+    # ------------------------------------------------------------------------------------------ detail
+    def _detail(
+        self,
+        concern: Concern,
+        order_decision: OrderDecision,
+        therapy: TherapyAssessment,
+        facts: ClinicalFacts,
+        values: Mapping[str, object],
+    ) -> str:
+        """Markdown: the card's explanation with the evidence found on record and the guideline."""
+        template = str(self._card_text(concern, order_decision)["detail"])
+        lines = self._evidence_lines(concern, therapy, facts)
+        egfr_note = ""
+        if order_decision.no_recent_egfr and "no_recent_egfr" in self._texts.phrases:
+            egfr_note = _fill(self._texts.phrases["no_recent_egfr"], **values)
+            if "{egfr_note}" not in template:
+                lines.append(egfr_note.strip())
+        missing_names = dict.fromkeys(self._terms["missing_types"].get(t, t) for t in concern.missing_types)
+        return _fill(
+            template,
+            **{
+                **values,
+                "evidence": _bullets(lines) or self._evidence["none_found"],
+                "safety_evidence": _bullets([self._finding_line(f) for f in concern.safety]),
+                "egfr_note": egfr_note if "{egfr_note}" in template else "",
+                "missing_list": ", ".join(missing_names),
+            },
+        ).strip()
+
+    def _evidence_lines(self, concern: Concern, therapy: TherapyAssessment, facts: ClinicalFacts) -> list[str]:
+        if concern.kind == "duplicate_mri":
+            return [
+                _fill(
+                    self._evidence["prior_mri"],
+                    procedure=_capitalised(self._terms["procedures"].get(f.label, f.label)),
+                    date=self._date(f.recorded),
+                )
+                for f in concern.findings
+            ]
+        if concern.kind in ("mr_implant", "contrast_safety", "pregnancy"):
+            return [self._finding_line(f) for f in concern.findings]
+        lines: list[str] = []
+        if facts.episode.findings:
+            first = min(facts.episode.findings, key=lambda f: f.recorded or date.max)
+            lines.append(
+                _fill(
+                    self._evidence["symptoms"],
+                    label=first.label,
+                    onset=self._date(facts.episode.onset),
+                    weeks=_whole(therapy.symptom_weeks),
+                )
+            )
+        long_term = {course.reference: course for course in therapy.long_term_steroids}
+        for finding in concern.findings:
+            course = long_term.get(finding.reference)
+            lines.append(self._course_line(course) if course is not None else self._finding_line(finding))
+        if (
+            any(f.concept == "long_term_steroids" for f in concern.findings)
+            and "long_term_steroids" in self._texts.phrases
+        ):
+            # Said once: long-term use is a red flag, not the failed trial the clinician may have meant.
+            lines.append(self._texts.phrases["long_term_steroids"])
+        if concern.kind in _THERAPY_EVIDENCE_CARDS:
+            lines.extend(self.therapy_lines(therapy))
+        return lines
+
+    def _finding_line(self, finding: Finding) -> str:
+        if finding.concept == "advanced_age":
+            return _fill(self._evidence["age"], age=finding.label)
+        if finding.concept == "fever" and finding.reference.startswith("Observation/"):
+            return _fill(self._evidence["temperature"], value=finding.label, date=self._date(finding.recorded))
+        if finding.concept == "egfr":
+            return _fill(self._evidence["egfr"], value=finding.label, date=self._date(finding.recorded))
+        return _fill(self._evidence["finding"], label=_capitalised(finding.label), date=self._date(finding.recorded))
+
+    def therapy_lines(self, therapy: TherapyAssessment) -> list[str]:
+        """One line per conservative-therapy trial (drug, dose, dates, weeks), then physical therapy.
+
+        Long-term steroid use is not listed here: it is a red flag and the red-flag cards cite it.
+        """
+        lines = [self._course_line(c) for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
+        lines.extend(
+            _fill(self._evidence["physical_therapy"], label=_capitalised(f.label), date=self._date(f.recorded))
+            for f in therapy.physical_therapy
+        )
+        return lines
+
+    def _course_line(self, course: MedicationCourse) -> str:
+        phrases = self._texts.phrases
+        name = {"trial": "nsaid_trial", "burst": "steroid_burst", "prolonged": "steroid_prolonged"}.get(
+            course.kind, "steroid_prolonged"
+        )
+        drug = " ".join(part for part in (course.ingredient, course.dose_text) if part)
+        if course.start is None or name not in phrases:
+            return _fill(self._evidence["nsaid_no_dates"], drug=drug)
+        return _fill(
+            phrases[name],
+            drug=drug,
+            start=self._date(course.start),
+            end=self._date(course.end) if course.end else self._evidence["ongoing"],
+            weeks=_whole(course.weeks),
+            days=f"{course.weeks * 7:.0f}" if course.weeks is not None else "",
+        )
+
+    def _date(self, value: date | None) -> str:
+        return value.isoformat() if value is not None else self._evidence["unknown_date"]
+
+    # ------------------------------------------------------------------------------------- suggestions
+    def _suggestion(
+        self,
+        concern: Concern,
+        proposal: Proposal,
+        order_decision: OrderDecision,
+        therapy: TherapyAssessment,
+        facts: ClinicalFacts,
+        context: RenderContext,
+    ) -> Suggestion:
+        order = order_decision.order
+        text = self._card_text(concern, order_decision)["suggestions"][proposal.purpose]
+        purpose = f"{concern.kind}:{proposal.purpose}"
+        label = str(text["label"])
+        description = _fill(str(text.get("description") or label), symptom_weeks=self._thresholds.symptom_weeks)
+        action_uuid = uuid_for(context.hook_instance, f"action:{purpose}", order.reference)
+        if proposal.action == "delete":
+            action = Action(type="delete", description=description, resource_id=order.reference, uuid=action_uuid)
+        elif proposal.action == "create":
+            resource = self._new_order(concern, proposal, order_decision, therapy, facts, context)
+            action = Action(type="create", description=description, resource=resource, uuid=action_uuid)
+        else:
+            resource = self._changed_order(concern, proposal, order_decision, therapy, facts, context)
+            action = Action(type="update", description=description, resource=resource, uuid=action_uuid)
+        return Suggestion(
+            label=label,
+            uuid=uuid_for(context.hook_instance, f"suggestion:{purpose}", order.reference),
+            actions=(action,),
+            is_recommended=True if proposal.recommended else None,
+        )
+
+    def _code(self, key: str) -> dict[str, Any]:
+        return {"coding": [dict(c) for c in ORDERABLE_CODINGS[key]], "text": self._terms["procedures"][key]}
+
+    def _rated_extensions(self, key: str, order_decision: OrderDecision, consult: str) -> list[dict[str, Any]]:
+        """A suggested procedure carries its own pre-computed rating when the known facts determine it."""
+        variants = order_decision.variants
+        rating = rate(key, variants.possible, self._acr_category) if variants is not None else None
+        return self.rating_extensions(rating, consult) if rating is not None else []
+
+    def _order_fields(
+        self, concern: Concern, key: str, proposal: Proposal, therapy: TherapyAssessment, facts: ClinicalFacts
+    ) -> dict[str, Any]:
+        """What makes a suggested order complete: reasons, evidence references and notes (PRODUCT.md §3.5)."""
+        # One reasonCode per condition (its ICD-10-CM and SNOMED codes together): the red flags that justify the
+        # study first, then the back-pain episode.
+        reasons: dict[str, tuple[str, tuple[CodeRef, ...]]] = {}
+        for finding in (*concern.findings, *facts.episode.findings):
+            if finding.reference.startswith("Condition/") and finding.reference not in reasons:
+                reasons[finding.reference] = (finding.label, finding.codes)
+        supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
+        supporting += [f.reference for f in therapy.physical_therapy]
+        notes = self._terms["order_notes"]
+        lines = self.therapy_lines(therapy)
+        therapy_note = _fill(notes["therapy"], therapy="; ".join(lines)) if lines else notes["no_therapy"]
+        return {
+            "priority": proposal.priority,
+            "code": self._code(key),
+            "reasonCode": [
+                {"coding": [{"system": c.system, "code": c.code, "display": c.display} for c in codes], "text": label}
+                for label, codes in reasons.values()
+                if codes
+            ],
+            "reasonReference": [{"reference": ref} for ref in reasons],
+            "supportingInfo": [{"reference": ref} for ref in dict.fromkeys(supporting)],
+            "note": [{"text": therapy_note}, {"text": notes["protocol"]}],
+        }
+
+    def _new_order(
+        self,
+        concern: Concern,
+        proposal: Proposal,
+        order_decision: OrderDecision,
+        therapy: TherapyAssessment,
+        facts: ClinicalFacts,
+        context: RenderContext,
+    ) -> dict[str, Any]:
+        key = proposal.procedure_key or "MR_LSPINE_WO"
+        reference = order_decision.order.reference
+        consult = consult_id(context.session_key, f"{reference}|{concern.kind}:{proposal.purpose}")
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "extension": self._rated_extensions(key, order_decision, consult),
+            "status": "draft",
+            "intent": "order",
+            "category": [{"coding": [dict(IMAGING_CATEGORY)]}],
+            "subject": {"reference": f"Patient/{context.patient_id}"},
+            "encounter": {"reference": f"Encounter/{context.encounter_id}"} if context.encounter_id else None,
+            "requester": {"reference": context.user_id} if context.user_id and "/" in context.user_id else None,
+        }
+        resource.update(self._order_fields(concern, key, proposal, therapy, facts))
+        return resource
+
+    def _changed_order(
+        self,
+        concern: Concern,
+        proposal: Proposal,
+        order_decision: OrderDecision,
+        therapy: TherapyAssessment,
+        facts: ClinicalFacts,
+        context: RenderContext,
+    ) -> dict[str, Any]:
+        order = order_decision.order
+        key = proposal.procedure_key or "MR_LSPINE_WO"
+        if proposal.purpose == "keep_urgent":
+            resource = copy.deepcopy(dict(order.raw or {}))
+            resource["priority"] = "stat"
+            return resource
+        resource = _with_extensions(
+            order.raw, self._rated_extensions(key, order_decision, consult_id(context.session_key, order.reference))
+        )
+        resource.setdefault("status", "draft")
+        resource.setdefault("intent", "order")
+        resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})
+        fields = self._order_fields(concern, key, proposal, therapy, facts)
+        for member in ("reasonCode", "reasonReference", "supportingInfo", "note"):
+            existing = resource.get(member)
+            resource[member] = _merge(existing if isinstance(existing, list) else [], fields[member])
+        resource["code"] = fields["code"]
+        resource["priority"] = fields["priority"]
+        return resource
+
+
+def _with_extensions(raw: Mapping[str, Any] | None, extensions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of the resource whose PAMA extensions are replaced by ``extensions``; nothing else changes."""
+    resource: dict[str, Any] = copy.deepcopy(dict(raw or {}))
+    kept = [e for e in resource.get("extension") or [] if not (isinstance(e, Mapping) and e.get("url") in _PAMA_URLS)]
+    resource["extension"] = kept + extensions
+    return resource
+
+
+def _merge(existing: list[Any], added: list[Any]) -> list[Any]:
+    merged = list(existing)
+    merged.extend(item for item in added if item not in merged)
+    return merged
+
+
+def _bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines if line)
+
+
+def _whole(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:] if text else text
+
+
+def _summary(text: str) -> str:
+    """CDS Hooks summaries must stay under 140 characters, whatever a placeholder expanded to."""
+    return text if len(text) < 140 else text[:138].rstrip() + "…"

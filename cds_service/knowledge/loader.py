@@ -1,0 +1,568 @@
+"""Load and validate the knowledge files; build the lookup tables once.
+
+Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE_VERSION`):
+
+``valuesets/<concept key>.json``  FHIR R4 ValueSets; ICD-10-CM filters expanded here
+``keywords.json``                 text keywords per concept (lower confidence)
+``medications.json``              NSAID and systemic corticosteroid codes, products, text rules
+``procedures.json``               imaging codes -> ACR procedure keys; the suggested MRI order
+``acr_ratings.json``              ACR category per procedure key and variant
+``cards.json``                    card templates, references and override reasons
+
+Every problem is reported as ``"<file>: <problem>"``. :func:`load_knowledge_from` raises
+:class:`ConfigurationError` listing them; :func:`knowledge_problems` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, cast, get_args
+
+from cds_service.errors import ConfigurationError
+from cds_service.knowledge import icd10cm
+from cds_service.knowledge.base import (
+    ACR_VARIANTS,
+    CONCEPT_KEYS,
+    KNOWLEDGE_VERSION,
+    PROCEDURE_KEYS,
+    VALUESET_BASE_URL,
+    AcrCategory,
+    Knowledge,
+    KnowledgeTables,
+    MedicationInfo,
+    ProcedureInfo,
+    ValueSetInfo,
+)
+from cds_service.knowledge.medications import AtcClassRule, MedicationIndex, words_pattern
+from cds_service.knowledge.systems import ATC, CANONICAL_SYSTEMS, ICD10CM, RXNORM, normalise_code
+
+KNOWLEDGE_DIR: Final = Path(__file__).resolve().parent
+SOURCE_EXTENSION: Final = "http://lumbar-imaging-cds.example.org/fhir/StructureDefinition/source"
+SUMMARY_LIMIT: Final = 140  # CDS Hooks: summary "<140 characters"
+CARD_INDICATORS: Final = frozenset({"info", "warning", "critical"})
+DRUG_CLASSES: Final = frozenset({"nsaid", "systemic_corticosteroid"})
+# The cards the clinical engine renders (PRODUCT.md §3.5 and the extra situations of issue 3).
+REQUIRED_CARDS: Final[tuple[str, ...]] = (
+    "cauda_equina", "cancer_infection", "cancer_infection_contrast_concern", "fracture_risk", "prior_surgery",
+    "failed_therapy_convert", "failed_therapy_create", "confirm_candidacy", "conservative_care_first",
+    "no_documented_therapy", "duplicate_mri", "mr_implant", "contrast_safety", "pregnancy", "data_missing",
+    "data_missing_rated",
+)  # fmt: skip
+# A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
+_FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
+_STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? MG$")
+_SEPARATORS: Final = re.compile(r"[\s\-]+")
+
+
+class _Problems:
+    """Collects ``"<file>: <problem>"`` messages so that one run reports every problem."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, file: str, message: str) -> None:
+        self.messages.append(f"{file}: {message}")
+
+
+def load_knowledge_from(directory: Path | None = None) -> Knowledge:
+    """Load, validate and index the knowledge files in ``directory`` (default: this package).
+
+    Not cached: use :func:`cds_service.knowledge.load_knowledge` in the service.
+    """
+    problems = _Problems()
+    tables = _build(directory or KNOWLEDGE_DIR, problems)
+    if problems.messages or tables is None:
+        raise ConfigurationError("knowledge base: " + "; ".join(problems.messages))
+    return Knowledge(tables)
+
+
+def knowledge_problems(directory: Path | None = None) -> list[str]:
+    """Every problem in the knowledge files of ``directory`` (default: this package); empty when valid."""
+    problems = _Problems()
+    _build(directory or KNOWLEDGE_DIR, problems)
+    return problems.messages
+
+
+def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
+    concepts, displays, valuesets = _load_valuesets(directory, problems)
+    keyword_pattern, keyword_concepts = _load_keywords(directory, problems, valuesets)
+    medications = _load_medications(directory, problems)
+    procedures, procedure_infos, mri_codings, mri_protocol, procedure_displays = _load_procedures(directory, problems)
+    acr, acr_inferred = _load_acr(directory, problems)
+    cards = _load_cards(directory, problems)
+    if problems.messages or medications is None or cards is None:
+        return None
+    return KnowledgeTables(
+        version=KNOWLEDGE_VERSION,
+        concepts=MappingProxyType({key: frozenset(keys) for key, keys in concepts.items()}),
+        displays=MappingProxyType({**displays, **procedure_displays}),
+        valuesets=MappingProxyType(valuesets),
+        keyword_pattern=keyword_pattern,
+        keyword_concepts=MappingProxyType(keyword_concepts),
+        medications=medications,
+        procedures=MappingProxyType(procedures),
+        procedure_infos=MappingProxyType(procedure_infos),
+        acr=MappingProxyType({key: MappingProxyType(row) for key, row in acr.items()}),
+        acr_inferred=frozenset(acr_inferred),
+        mri_codings=mri_codings,
+        mri_protocol=mri_protocol,
+        cards=cards,
+    )
+
+
+def _read_json(directory: Path, relative: str, problems: _Problems) -> Any:
+    path = directory / relative
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.add(relative, "file not found")
+    except (OSError, UnicodeDecodeError) as error:
+        problems.add(relative, f"cannot be read ({error})")
+    except json.JSONDecodeError as error:
+        problems.add(relative, f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}")
+    return None
+
+
+def _check_version(file: str, data: Mapping[str, Any], problems: _Problems) -> None:
+    if data.get("version") != KNOWLEDGE_VERSION:
+        problems.add(file, f"version is {data.get('version')!r}, expected {KNOWLEDGE_VERSION!r}")
+
+
+def _source_of(element: Mapping[str, Any]) -> str | None:
+    for extension in element.get("extension") or ():
+        if extension.get("url") == SOURCE_EXTENSION and isinstance(extension.get("valueString"), str):
+            return cast(str, extension["valueString"])
+    return None
+
+
+# -- value sets --------------------------------------------------------------------------------
+
+
+def _load_valuesets(
+    directory: Path, problems: _Problems
+) -> tuple[dict[tuple[str, str], set[str]], dict[tuple[str, str], str], dict[str, ValueSetInfo]]:
+    # Imported here: fhir.resources is heavy and only the loader needs the ValueSet model.
+    from fhir.resources.R4B.valueset import ValueSet
+
+    concepts: dict[tuple[str, str], set[str]] = {}
+    displays: dict[tuple[str, str], str] = {}
+    infos: dict[str, ValueSetInfo] = {}
+    folder = directory / "valuesets"
+    present = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+    for extra in sorted(present - set(CONCEPT_KEYS)):
+        problems.add(f"valuesets/{extra}.json", "unknown concept key (add it to CONCEPT_KEYS in knowledge/base.py)")
+    for key in CONCEPT_KEYS:
+        file = f"valuesets/{key}.json"
+        data = _read_json(directory, file, problems)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            problems.add(file, "expected a ValueSet object")
+            continue
+        try:
+            ValueSet.model_validate(data)
+        except Exception as error:  # pydantic's ValidationError; its first lines name the field
+            problems.add(file, "not a valid FHIR R4 ValueSet: " + " ".join(str(error).split("\n")[:3]))
+            continue
+        codes = _valueset_codes(file, key, data, problems)
+        for canonical, code, display in codes:
+            concepts.setdefault((canonical, code), set()).add(key)
+            displays.setdefault((canonical, code), display)
+        infos[key] = ValueSetInfo(
+            key=key,
+            url=cast(str, data["url"]),
+            version=cast(str, data["version"]),
+            title=cast(str, data.get("title", "")),
+            code_count=len(codes),
+            text_only=not codes,
+        )
+    return concepts, displays, infos
+
+
+def _valueset_codes(file: str, key: str, data: Mapping[str, Any], problems: _Problems) -> list[tuple[str, str, str]]:
+    """Checks one ValueSet file and returns its codes as ``(canonical system, normalised code, display)``."""
+    expected_url = VALUESET_BASE_URL + key
+    if data.get("url") != expected_url:
+        problems.add(file, f"url is {data.get('url')!r}, expected {expected_url!r}")
+    _check_version(file, data, problems)
+    if data.get("status") != "active":
+        problems.add(file, "status must be 'active'")
+    for field in ("name", "title", "description"):
+        if not data.get(field):
+            problems.add(file, f"{field} is missing")
+    codes: list[tuple[str, str, str]] = []
+    enumerated: set[tuple[str, str, str]] = set()
+    for index, include in enumerate((data.get("compose") or {}).get("include") or ()):
+        where = f"compose.include[{index}]"
+        system = include.get("system")
+        if system not in CANONICAL_SYSTEMS:
+            problems.add(file, f"{where}: system {system!r} is not a canonical system URI")
+            continue
+        if include.get("concept") and include.get("filter"):
+            problems.add(file, f"{where}: use either concept or filter, not both (FHIR would intersect them)")
+            continue
+        for concept in include.get("concept") or ():
+            code, display = concept.get("code", ""), concept.get("display")
+            if not display:
+                problems.add(file, f"{where}: {code} has no display")
+                continue
+            if _source_of(concept) is None:
+                problems.add(file, f"{where}: {code} does not cite its source")
+            enumerated.add((system, code, display))
+            if system != ICD10CM or _icd_display_matches(file, where, code, display, problems):
+                codes.append((system, normalise_code(system, code), display))
+        filters = include.get("filter") or ()
+        if filters and _source_of(include) is None:
+            problems.add(file, f"{where}: filter does not cite its source")
+        for item in filters:
+            value = str(item.get("value", ""))
+            if system != ICD10CM:
+                problems.add(file, f"{where}: filters are supported for ICD-10-CM only")
+            elif item.get("property") != "concept" or item.get("op") != "is-a":
+                problems.add(file, f"{where}: only the filter property 'concept' with op 'is-a' is supported")
+            elif not icd10cm.is_valid_filter(value):
+                problems.add(file, f"{where}: {value!r} is neither an ICD-10-CM code nor a category range")
+            else:
+                codes += [(ICD10CM, normalise_code(ICD10CM, code), text) for code, text in icd10cm.expand(value)]
+    listed = {
+        (entry.get("system"), entry.get("code"), entry.get("display"))
+        for entry in (data.get("expansion") or {}).get("contains") or ()
+    }
+    if listed != enumerated:
+        missing = sorted(f"{code}" for _system, code, _display in enumerated - listed)
+        extra = sorted(f"{code}" for _system, code, _display in listed - enumerated)
+        problems.add(
+            file,
+            "expansion.contains must list exactly the compose concepts with the same display"
+            + (f"; not in expansion: {', '.join(missing)}" if missing else "")
+            + (f"; not in compose: {', '.join(str(code) for code in extra)}" if extra else ""),
+        )
+    return codes
+
+
+def _icd_display_matches(file: str, where: str, code: str, display: str, problems: _Problems) -> bool:
+    if not icd10cm.is_code(code):
+        problems.add(file, f"{where}: {code} is not an ICD-10-CM code")
+        return False
+    expected = icd10cm.description(code)
+    if display != expected:
+        problems.add(file, f"{where}: {code} display {display!r} differs from ICD-10-CM {expected!r}")
+        return False
+    return True
+
+
+# -- keywords ----------------------------------------------------------------------------------
+
+
+def _load_keywords(
+    directory: Path, problems: _Problems, valuesets: Mapping[str, ValueSetInfo]
+) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
+    file = "keywords.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return None, {}
+    _check_version(file, data, problems)
+    by_keyword: dict[str, set[str]] = {}
+    for key, entry in (data.get("concepts") or {}).items():
+        if key not in CONCEPT_KEYS:
+            problems.add(file, f"unknown concept key {key!r}")
+            continue
+        if not entry.get("source"):
+            problems.add(file, f"{key}: does not cite its source")
+        keywords = entry.get("keywords")
+        if not keywords or not all(isinstance(word, str) and word.strip() for word in keywords):
+            problems.add(file, f"{key}: keywords must be a non-empty list of words")
+            continue
+        for word in keywords:
+            by_keyword.setdefault(_SEPARATORS.sub(" ", word.strip().lower()), set()).add(key)
+    has_keywords = {key for keys in by_keyword.values() for key in keys}
+    for key, info in valuesets.items():
+        if info.text_only and key not in has_keywords:
+            problems.add(file, f"{key}: the value set has no code, so it needs keywords to be found at all")
+    return words_pattern(by_keyword), {word: frozenset(keys) for word, keys in by_keyword.items()}
+
+
+# -- medications -------------------------------------------------------------------------------
+
+
+def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex | None:
+    file = "medications.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return None
+    _check_version(file, data, problems)
+    aspirin_rules = data.get("antiplatelet_aspirin") or {}
+    unknown_strength_is_antiplatelet = bool(aspirin_rules.get("unknown_strength_is_antiplatelet", True))
+    codes: dict[tuple[str, str], MedicationInfo] = {}
+
+    def register(system: str, code: str, info: MedicationInfo, where: str, source: Any) -> None:
+        if not source:
+            problems.add(file, f"{where}: {code} does not cite its source")
+        key = (system, normalise_code(system, code))
+        if key in codes and codes[key] != info:
+            problems.add(file, f"{where}: {code} is mapped twice ({codes[key].ingredient} and {info.ingredient})")
+        codes[key] = info
+
+    classes: dict[str, str] = {}
+    names: dict[str, tuple[str, str]] = {}
+    for entry in data.get("ingredients") or ():
+        name, drug_class = entry.get("name", ""), entry.get("drug_class")
+        if drug_class not in DRUG_CLASSES:
+            problems.add(file, f"ingredient {name!r}: unknown drug class {drug_class!r}")
+            continue
+        if name in classes:
+            problems.add(file, f"ingredient {name!r} is listed twice")
+        classes[name] = drug_class
+        antiplatelet = name == "aspirin" and unknown_strength_is_antiplatelet
+        for item in entry.get("rxnorm") or ():
+            info = MedicationInfo(name, drug_class, systemic=True, antiplatelet_aspirin=antiplatelet)
+            register(RXNORM, item.get("code", ""), info, f"ingredient {name!r}", item.get("source"))
+        for item in entry.get("atc") or ():
+            atc_code = item.get("code", "")
+            if drug_class == "nsaid" and not atc_code.startswith(("M01A", "N02BA")):
+                problems.add(file, f"ingredient {name!r}: ATC {atc_code} is not an NSAID code (M01A, N02BA)")
+            info = MedicationInfo(name, drug_class, systemic=True)
+            register(ATC, atc_code, info, f"ingredient {name!r}", item.get("source"))
+        for text_name in entry.get("text_names") or ():
+            normalised = _SEPARATORS.sub(" ", text_name.lower())
+            if normalised in names and names[normalised][0] != name:
+                problems.add(file, f"text name {text_name!r} is given to {names[normalised][0]!r} and {name!r}")
+            names[normalised] = (name, drug_class)
+    for product in data.get("products") or ():
+        code, ingredient = product.get("rxnorm", ""), product.get("ingredient")
+        if ingredient not in classes:
+            problems.add(file, f"product {code}: unknown ingredient {ingredient!r}")
+            continue
+        strength = product.get("strength")
+        if strength is not None and not _STRENGTH_FORMAT.match(strength):
+            problems.add(file, f"product {code}: strength {strength!r} is not like '500 MG'")
+        info = MedicationInfo(
+            ingredient, classes[ingredient], systemic=bool(product.get("systemic", True)), strength=strength
+        )
+        register(RXNORM, code, info, f"product {code}", product.get("source"))
+    for item in aspirin_rules.get("atc") or ():
+        info = MedicationInfo("aspirin", "nsaid", systemic=True, antiplatelet_aspirin=True)
+        register(ATC, item.get("code", ""), info, "antiplatelet_aspirin", item.get("source"))
+    rules: list[AtcClassRule] = []
+    for rule in data.get("atc_classes") or ():
+        if rule.get("drug_class") not in DRUG_CLASSES or not rule.get("prefix") or not rule.get("generic_name"):
+            problems.add(file, f"atc_classes: {rule.get('prefix')!r} needs a prefix, drug_class and generic_name")
+            continue
+        rules.append(AtcClassRule(rule["prefix"].upper(), rule["drug_class"], rule["generic_name"]))
+    excluded = tuple(str(rule.get("prefix", "")).upper() for rule in data.get("atc_excluded_prefixes") or ())
+    non_systemic = data.get("non_systemic_text") or {}
+    for group in non_systemic:
+        if group not in DRUG_CLASSES | {"all", "source"}:
+            problems.add(file, f"non_systemic_text: unknown group {group!r}")
+    max_mg = aspirin_rules.get("max_strength_mg")
+    if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
+        problems.add(file, "antiplatelet_aspirin.max_strength_mg must be a positive number")
+        max_mg = 100
+    return MedicationIndex(
+        codes=MappingProxyType(codes),
+        atc_classes=tuple(rules),
+        atc_excluded_prefixes=excluded,
+        ingredient_pattern=words_pattern(names),
+        ingredient_of_name=MappingProxyType(names),
+        non_systemic_patterns=MappingProxyType(
+            {group: words_pattern(words) for group, words in non_systemic.items() if group != "source"}
+        ),
+        antiplatelet_pattern=words_pattern(aspirin_rules.get("text_markers") or ()),
+        antiplatelet_max_mg=float(max_mg),
+        unknown_strength_is_antiplatelet=unknown_strength_is_antiplatelet,
+    )
+
+
+# -- procedures and ACR ratings ---------------------------------------------------------------
+
+_MODALITIES: Final = ("MR", "CT", "XR", "NM")
+_CONTRASTS: Final = ("without", "with", "without_and_with", "unspecified")
+
+
+def _load_procedures(directory: Path, problems: _Problems) -> tuple[
+    dict[tuple[str, str], str], dict[str, ProcedureInfo], tuple[tuple[str, str, str], ...], str,
+    dict[tuple[str, str], str],
+]:  # fmt: skip
+    file = "procedures.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return {}, {}, (), "", {}
+    _check_version(file, data, problems)
+    by_code: dict[tuple[str, str], str] = {}
+    displays: dict[tuple[str, str], str] = {}
+    infos: dict[str, ProcedureInfo] = {}
+    entries = data.get("procedures") or {}
+    for missing in sorted(set(PROCEDURE_KEYS) - set(entries)):
+        problems.add(file, f"procedure key {missing!r} is missing")
+    for key, entry in entries.items():
+        if key not in PROCEDURE_KEYS:
+            problems.add(file, f"unknown procedure key {key!r}")
+            continue
+        modality, contrast = entry.get("modality"), entry.get("iv_contrast")
+        if modality not in _MODALITIES or contrast not in _CONTRASTS:
+            problems.add(file, f"{key}: modality {modality!r} or iv_contrast {contrast!r} is not known")
+            continue
+        infos[key] = ProcedureInfo(key, str(entry.get("label", key)), modality, contrast)
+        for coding in entry.get("codes") or ():
+            system, code = coding.get("system"), coding.get("code", "")
+            if system not in CANONICAL_SYSTEMS:
+                problems.add(file, f"{key}: system {system!r} is not a canonical system URI")
+                continue
+            if not coding.get("source") or not coding.get("display"):
+                problems.add(file, f"{key}: {code} needs a display and a source")
+            lookup = (system, normalise_code(system, code))
+            if lookup in by_code and by_code[lookup] != key:
+                problems.add(file, f"{code} is mapped to two procedure keys ({by_code[lookup]} and {key})")
+                continue
+            by_code[lookup] = key
+            displays[lookup] = str(coding.get("display", ""))
+    order = data.get("mri_without_contrast_order") or {}
+    codings: list[tuple[str, str, str]] = []
+    for coding in order.get("codings") or ():
+        system, code, display = coding.get("system", ""), coding.get("code", ""), coding.get("display", "")
+        order_key = (system, normalise_code(system, code)) if system in CANONICAL_SYSTEMS else None
+        if order_key is None or by_code.get(order_key) != "MR_LSPINE_WO" or displays.get(order_key) != display:
+            problems.add(file, f"mri_without_contrast_order: {code} must be an MR_LSPINE_WO code with the same display")
+        codings.append((system, code, display))
+    if not codings or not order.get("protocol"):
+        problems.add(file, "mri_without_contrast_order needs codings and a protocol")
+    return by_code, infos, tuple(codings), str(order.get("protocol", "")), displays
+
+
+def _load_acr(directory: Path, problems: _Problems) -> tuple[dict[str, dict[int, AcrCategory]], set[tuple[str, int]]]:
+    file = "acr_ratings.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return {}, set()
+    _check_version(file, data, problems)
+    categories = set(get_args(AcrCategory))
+    table: dict[str, dict[int, AcrCategory]] = {}
+    inferred: set[tuple[str, int]] = set()
+    rows = data.get("ratings") or {}
+    for key, row in rows.items():
+        if key == "MR_LSPINE":
+            problems.add(file, "MR_LSPINE (contrast not specified) is not an ACR procedure and must not be rated")
+            continue
+        if key not in PROCEDURE_KEYS:
+            problems.add(file, f"unknown procedure key {key!r}")
+            continue
+        if not row.get("source"):
+            problems.add(file, f"{key}: does not cite its source")
+        cells = row.get("ratings") or {}
+        if sorted(cells) != [str(variant) for variant in ACR_VARIANTS]:
+            problems.add(file, f"{key}: ratings must cover variants 1 to 7 exactly")
+            continue
+        bad = {variant: value for variant, value in cells.items() if value not in categories}
+        if bad:
+            problems.add(file, f"{key}: unknown ACR categories {bad} (use UA, MBA, UNA)")
+            continue
+        table[key] = {int(variant): cast(AcrCategory, value) for variant, value in cells.items()}
+        for variant in row.get("inferred") or ():
+            if variant not in ACR_VARIANTS or table[key][variant] != "UNA":
+                problems.add(file, f"{key}: inferred cell {variant!r} must be a variant whose category is UNA")
+            else:
+                inferred.add((key, variant))
+    for missing in sorted(set(PROCEDURE_KEYS) - {"MR_LSPINE"} - set(rows)):
+        problems.add(file, f"procedure key {missing!r} has no ratings")
+    return table, inferred
+
+
+# -- cards -------------------------------------------------------------------------------------
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _text, name, _spec, _conversion in string.Formatter().parse(template) if name}
+
+
+def _load_cards(directory: Path, problems: _Problems) -> Mapping[str, Any] | None:
+    file = "cards.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return None
+    _check_version(file, data, problems)
+    summary_limits = {name: int(spec.get("max_length", 0)) for name, spec in (data.get("placeholders") or {}).items()}
+    detail_names = set(summary_limits) | set(data.get("detail_placeholders") or ())
+    reasons = data.get("override_reasons") or {}
+    references = data.get("references") or {}
+    if not data.get("override_reason_system") or not all(isinstance(text, str) and text for text in reasons.values()):
+        problems.add(file, "override reasons need a system and a display for every code")
+    source = data.get("source") or {}
+    if not source.get("label") or not source.get("url"):
+        problems.add(file, "source needs a label and a url")
+    cards = data.get("cards") or {}
+    for missing in sorted(set(REQUIRED_CARDS) - set(cards)):
+        problems.add(file, f"card {missing!r} is missing")
+    for name, card in cards.items():
+        _check_card(file, name, card, summary_limits, detail_names, reasons, references, problems)
+    for name, phrase in (data.get("phrases") or {}).items():
+        _check_text(file, f"phrase {name!r}", phrase, detail_names, problems)
+    return cast(Mapping[str, Any], _freeze(data))
+
+
+def _check_card(
+    file: str,
+    name: str,
+    card: Mapping[str, Any],
+    summary_limits: Mapping[str, int],
+    detail_names: set[str],
+    reasons: Mapping[str, str],
+    references: Mapping[str, Any],
+    problems: _Problems,
+) -> None:
+    where = f"card {name!r}"
+    if card.get("indicator") not in CARD_INDICATORS:
+        problems.add(file, f"{where}: indicator {card.get('indicator')!r} is not info, warning or critical")
+    summary = str(card.get("summary", ""))
+    unknown = _placeholders(summary) - set(summary_limits)
+    if unknown:
+        problems.add(file, f"{where}: summary uses undeclared placeholders {sorted(unknown)}")
+    else:
+        longest = summary.format(**{key: "x" * limit for key, limit in summary_limits.items()})
+        if len(longest) >= SUMMARY_LIMIT:
+            problems.add(file, f"{where}: summary can reach {len(longest)} characters (limit: under {SUMMARY_LIMIT})")
+    _check_text(file, f"{where} summary", summary, set(summary_limits), problems)
+    _check_text(file, f"{where} detail", str(card.get("detail", "")), detail_names, problems)
+    for suggestion_name, suggestion in (card.get("suggestions") or {}).items():
+        if not suggestion.get("label") or not suggestion.get("description"):
+            problems.add(file, f"{where}: suggestion {suggestion_name!r} needs a label and a description")
+        for text in (suggestion.get("label", ""), suggestion.get("description", "")):
+            _check_text(file, f"{where} suggestion {suggestion_name!r}", text, detail_names, problems)
+    for code in card.get("override_reasons") or ():
+        if code not in reasons:
+            problems.add(file, f"{where}: unknown override reason {code!r}")
+    for reference in card.get("references") or ():
+        if reference not in references:
+            problems.add(file, f"{where}: unknown reference {reference!r}")
+    topic = card.get("topic") or {}
+    if not topic.get("code") or not topic.get("display"):
+        problems.add(file, f"{where}: topic needs a code and a display")
+
+
+def _check_text(file: str, where: str, text: str, allowed: set[str], problems: _Problems) -> None:
+    if not text:
+        problems.add(file, f"{where}: text is empty")
+        return
+    if _FORBIDDEN_WORD.search(text):
+        problems.add(file, f"{where}: uses 'inappropriate' as a verdict; use the ACR category words")
+    try:
+        unknown = _placeholders(text) - allowed
+    except ValueError as error:
+        problems.add(file, f"{where}: malformed placeholder ({error})")
+        return
+    if unknown:
+        problems.add(file, f"{where}: undeclared placeholders {sorted(unknown)}")
+
+
+def _freeze(value: Any) -> Any:
+    """Read-only copy: mappings become MappingProxyType, lists become tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(item) for item in value)
+    return value
+

@@ -1,0 +1,137 @@
+"""The benchmark harness (bench/run.py, bench/loadgen.py): budget arithmetic and a real load round."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from support import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str) -> ModuleType:
+    # bench/ is a directory of scripts, not a package: load the modules by path.
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load("run")
+# run.py puts bench/ on sys.path and imports its siblings by their plain names; use those modules, so that
+# the load generator's spawned client processes can import what they run.
+loadgen = sys.modules["loadgen"]
+generate = sys.modules["generate"]
+
+
+def _figures(*, typical_p50: float = 4.0, typical_p99: float = 30.0, service_rps: float = 500.0,
+             ceiling_rps: float = 1000.0, medium_p50: float = 7.0, large_p50: float = 60.0) -> list[Any]:
+    def row(target: str, size: str, resources: int, clients: int, rps: float, p50: float, p99: float) -> Any:
+        return run.CellFigures(target=target, size=size, resources=resources, clients=clients, requests=100,
+                               errors=0, throughput_rps=rps, p50_ms=p50, p99_ms=p99, mean_ms=p50)
+
+    return [
+        row("service", "typical", 50, 1, 200.0, typical_p50, typical_p50 * 2),
+        row("ceiling", "typical", 50, 1, 900.0, 1.0, 2.0),
+        row("service", "typical", 50, 10, service_rps, typical_p50 * 3, typical_p99),
+        row("ceiling", "typical", 50, 10, ceiling_rps, 3.0, 9.0),
+        row("service", "medium", 200, 1, 100.0, medium_p50, medium_p50 * 2),
+        row("ceiling", "medium", 200, 1, 500.0, 1.5, 3.0),
+        row("service", "large", 2000, 1, 15.0, large_p50, large_p50 * 2),
+        row("ceiling", "large", 2000, 1, 80.0, 10.0, 20.0),
+    ]
+
+
+def _failed(checks: list[Any]) -> set[str]:
+    return {check.name for check in checks if not check.passed}
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert run.percentile(values, 0.50) == 50
+    assert run.percentile(values, 0.99) == 99
+    assert run.percentile([7], 0.99) == 7
+
+
+def test_short_mode_relaxes_every_budget_by_half() -> None:
+    full, short = run.Budgets(), run.Budgets().relaxed()
+    assert (short.typical_p50_ms, short.typical_p99_ms, short.large_p50_ms) == (20, 100, 300)
+    assert short.throughput_ratio == pytest.approx(0.20)
+    assert short.linearity == 3.0
+    assert (full.typical_p50_ms, full.typical_p99_ms, full.throughput_ratio, full.large_p50_ms, full.linearity) == (
+        10, 50, 0.40, 150, 1.5)
+
+
+def test_figures_within_budget_pass() -> None:
+    # own time (service - ceiling): typical 3, medium 5.5, large 50 ms;
+    # per resource: medium (5.5 - 3) / 150 = 16.7 us, large (50 - 3) / 1950 = 24.1 us; ratio 1.45
+    assert _failed(run.check_budgets(_figures(), run.Budgets())) == set()
+
+
+@pytest.mark.parametrize(("changes", "failing"), [
+    ({"typical_p50": 12.0, "medium_p50": 15.0, "large_p50": 68.0}, "typical p50, 1 client (ms)"),
+    ({"typical_p99": 51.0}, "typical p99, 10 clients (ms)"),
+    ({"service_rps": 390.0}, "throughput / ceiling, typical, 10 clients"),
+    ({"large_p50": 160.0, "medium_p50": 13.0}, "large p50, 1 client (ms)"),
+    ({"large_p50": 80.0}, "time per resource 2,000 / 200"),  # 34 us vs 17 us per resource: super-linear
+])
+def test_each_budget_fails_on_its_own(changes: dict[str, float], failing: str) -> None:
+    assert _failed(run.check_budgets(_figures(**changes), run.Budgets())) == {failing}
+
+
+def test_short_budgets_tolerate_what_full_budgets_refuse() -> None:
+    figures = _figures(typical_p99=80.0, service_rps=300.0)
+    assert _failed(run.check_budgets(figures, run.Budgets())) == {
+        "typical p99, 10 clients (ms)", "throughput / ceiling, typical, 10 clients"}
+    assert _failed(run.check_budgets(figures, run.Budgets().relaxed())) == set()
+
+
+def test_a_round_against_a_real_gunicorn_ceiling(tmp_path: Path) -> None:
+    port = free_port()
+    settings = run.ServerSettings(workers=1, worker_class="gthread", threads=2, keepalive=5)
+    command = [*run.gunicorn_base(settings, port), "--pythonpath", str(REPO / "bench"), "ceiling_app:create_app()"]
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        bodies = [generate.encode(generate.build_request(50, variant=variant)) for variant in range(2)]
+        payload = loadgen.Payload.from_bodies("/cds-services/lumbar-imaging-order-select", bodies, 50)
+        with loadgen.LoadGenerator(2) as generator:
+            result = generator.run_round(port, payload, 2, 0.3)
+            assert result.errors == 0, result.first_error
+            assert result.completed_in_window > 10
+            assert len(result.latencies_ns) >= result.completed_in_window
+            assert min(result.latencies_ns) > 0
+            # A second round on the same keep-alive connections works as well.
+            again = generator.run_round(port, payload, 1, 0.2)
+            assert again.errors == 0 and again.completed_in_window > 5
+        workers = [pid for pid, _ in run.descendants(server.pid)]
+        assert workers and all((run.vm_hwm_kib(pid) or 0) > 1024 for pid in workers)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_round_counts_http_errors_instead_of_latencies(tmp_path: Path) -> None:
+    port = free_port()
+    settings = run.ServerSettings(workers=1, worker_class="gthread", threads=2, keepalive=5)
+    command = [*run.gunicorn_base(settings, port), "--pythonpath", str(REPO / "bench"), "ceiling_app:create_app()"]
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        body = generate.encode(generate.build_request(50))
+        payload = loadgen.Payload.from_bodies("/no-such-path", [body], 50)
+        with loadgen.LoadGenerator(1) as generator:
+            result = generator.run_round(port, payload, 1, 0.2)
+        assert result.errors > 0 and result.first_error == "HTTP 404"
+        assert result.completed_in_window == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

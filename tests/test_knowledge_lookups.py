@@ -1,0 +1,453 @@
+"""Lookups of the knowledge base: concepts, text keywords, medications, procedures, ACR ratings, cards, thresholds."""
+
+from __future__ import annotations
+
+import string
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cds_service.errors import ConfigurationError
+from cds_service.knowledge import (
+    ACR_VARIANTS,
+    CONCEPT_KEYS,
+    KNOWLEDGE_VERSION,
+    PROCEDURE_KEYS,
+    Knowledge,
+    MedicationInfo,
+    Thresholds,
+    check_knowledge,
+    load_knowledge,
+)
+from cds_service.knowledge.systems import ATC, CPT, ICD10CM, LOINC, RADLEX, RXNORM, SNOMED
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Knowledge:
+    return load_knowledge()
+
+
+def test_loaded_once_per_process() -> None:
+    assert load_knowledge() is load_knowledge()
+
+
+def test_shipped_knowledge_has_no_problems() -> None:
+    assert check_knowledge() == []
+
+
+# -- concepts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["M54.50", "M5450", "m54.50", " M54.50 "])
+def test_icd_codes_match_with_or_without_the_dot(knowledge: Knowledge, code: str) -> None:
+    assert knowledge.concepts_of(ICD10CM, code) == {"low_back_pain"}
+
+
+@pytest.mark.parametrize(
+    "system",
+    [ICD10CM, "urn:oid:2.16.840.1.113883.6.90", "https://hl7.org/fhir/sid/icd-10-cm/", "HTTP://HL7.ORG/FHIR/SID/ICD-10-CM"],
+)
+def test_system_uri_variants_are_accepted(knowledge: Knowledge, system: str) -> None:
+    assert knowledge.concepts_of(system, "G83.4") == {"cauda_equina_syndrome"}
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "concept"),
+    [
+        ("urn:oid:2.16.840.1.113883.6.96", "279039007", "low_back_pain"),
+        ("http://snomed.info/sct", "23056005", "sciatica"),
+        ("urn:oid:2.16.840.1.113883.6.1", "8310-5", "body_temperature"),
+        ("urn:oid:2.16.840.1.113883.6.12", "63047", "prior_lumbar_surgery"),
+    ],
+)
+def test_other_system_aliases(knowledge: Knowledge, system: str, code: str, concept: str) -> None:
+    assert concept in knowledge.concepts_of(system, code)
+
+
+def test_unknown_system_code_or_empty_input_gives_nothing(knowledge: Knowledge) -> None:
+    assert knowledge.concepts_of("http://example.org/local", "M54.50") == frozenset()
+    assert knowledge.concepts_of(None, "M54.50") == frozenset()
+    assert knowledge.concepts_of(ICD10CM, None) == frozenset()
+    assert knowledge.concepts_of(ICD10CM, "") == frozenset()
+    assert knowledge.concepts_of(ICD10CM, "Z00.00") == frozenset()  # a routine check-up is nothing here
+
+
+def test_one_code_can_belong_to_several_concepts(knowledge: Knowledge) -> None:
+    assert knowledge.concepts_of(ICD10CM, "M54.41") == {"low_back_pain", "sciatica"}
+    assert knowledge.concepts_of(ICD10CM, "M51.16") == {"lumbar_disc_disorder", "lumbar_radiculopathy"}
+    assert knowledge.concepts_of(SNOMED, "236435004") == {"kidney_failure", "dialysis"}
+
+
+def test_concepts_of_codings_is_the_union(knowledge: Knowledge) -> None:
+    found = knowledge.concepts_of_codings([(ICD10CM, "M54.50"), (SNOMED, "23056005"), ("urn:x", "1"), (None, None)])
+    assert found == {"low_back_pain", "sciatica"}
+
+
+@pytest.mark.parametrize(
+    ("code", "concept"),
+    [
+        ("C00", "malignancy"), ("C50.911", "malignancy"), ("C79.51", "malignancy"), ("C7A.00", "malignancy"),
+        ("C7B.01", "malignancy"), ("C96.9", "malignancy"), ("D05.10", "malignancy"), ("D48.9", "malignancy"),
+        ("D49.9", "malignancy"), ("Z85.3", "malignancy"), ("Z8546", "malignancy"),
+        ("O00.00", "pregnancy"), ("O26.891", "pregnancy"), ("O9A.53", "pregnancy"), ("Z3A.20", "pregnancy"),
+        ("Z94.0", "transplant"), ("F11.20", "iv_drug_use"), ("F11.10", "iv_drug_use"),
+        ("M80.08XA", "osteoporosis"), ("M80.08XA", "vertebral_fracture"), ("M81.0", "osteoporosis"),
+        ("M48.56XA", "vertebral_fracture"), ("S32.010A", "vertebral_fracture"), ("M46.26", "spinal_infection"),
+        ("M46.46", "spinal_infection"), ("R50.9", "fever"), ("A41.9", "recent_infection"),
+        ("W19.XXXA", "low_velocity_trauma"), ("Z79.61", "immunosuppression"), ("Z49.31", "dialysis"),
+    ],
+)  # fmt: skip
+def test_icd_ranges_are_expanded_at_load(knowledge: Knowledge, code: str, concept: str) -> None:
+    assert concept in knowledge.concepts_of(ICD10CM, code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["D3A.00", "D10.0", "D36.9", "D50.9", "B99.9", "P00.0", "Z86.010", "Z95.5"],
+)
+def test_range_borders_hold(knowledge: Knowledge, code: str) -> None:
+    # D3A (benign carcinoid) sorts after D37 but sits before it in the tabular list: not a malignancy.
+    assert not knowledge.concepts_of(ICD10CM, code) & {"malignancy", "pregnancy"}
+
+
+def test_every_concept_key_has_a_value_set(knowledge: Knowledge) -> None:
+    for key in CONCEPT_KEYS:
+        info = knowledge.valueset(key)
+        assert info.url == f"http://lumbar-imaging-cds.example.org/fhir/ValueSet/{key}"
+        assert info.version == KNOWLEDGE_VERSION
+        assert info.title
+    with pytest.raises(KeyError):
+        knowledge.valueset("not_a_concept")
+
+
+def test_text_only_concepts_are_the_ones_without_a_verified_code(knowledge: Knowledge) -> None:
+    text_only = {key for key in CONCEPT_KEYS if knowledge.valueset(key).text_only}
+    assert text_only == {
+        "saddle_anesthesia", "physical_therapy", "epidural_steroid_injection",
+        "spine_intervention_referral", "gadolinium_allergy",
+    }  # fmt: skip
+    assert knowledge.valueset("malignancy").code_count > 1500
+
+
+# -- text keywords ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Referral to Neurosurgery", {"spine_intervention_referral"}),
+        ("Ambulatory referral to pain management", {"spine_intervention_referral"}),
+        ("Lumbar epidural steroid injection L4-5", {"epidural_steroid_injection", "spine_intervention_referral"}),
+        ("Physical-therapy evaluation", {"physical_therapy"}),
+        ("L4-5 microdiscectomy (2019)", {"prior_lumbar_surgery"}),
+        ("Posterior lumbar fusion", {"prior_lumbar_surgery"}),
+        ("Spinal cord stimulator", {"mr_implant"}),
+        ("Dual chamber PACEMAKER", {"mr_implant"}),
+        ("Gadobutrol", {"gadolinium_allergy"}),
+        ("Allergy to gadolinium contrast", {"gadolinium_allergy"}),
+        ("saddle anaesthesia", {"saddle_anesthesia"}),
+        ("Possible cauda equina", {"cauda_equina_syndrome"}),
+        ("Chronic lower back pain", {"low_back_pain"}),
+        ("", set()),
+        (None, set()),
+        ("Pacemakers clinic", set()),  # whole words only
+        ("Ultrasound of the abdomen", set()),
+    ],
+)
+def test_concepts_of_text(knowledge: Knowledge, text: str | None, expected: set[str]) -> None:
+    assert knowledge.concepts_of_text(text) == expected
+
+
+# -- medications ------------------------------------------------------------------------------
+
+
+def test_ingredient_and_product_codes(knowledge: Knowledge) -> None:
+    assert knowledge.medication(RXNORM, "7258") == MedicationInfo("naproxen", "nsaid", systemic=True)
+    assert knowledge.medication(RXNORM, "849431") == MedicationInfo("naproxen", "nsaid", True, strength="550 MG")
+    assert knowledge.medication(RXNORM, "6902") == MedicationInfo("methylprednisolone", "systemic_corticosteroid", True)
+    assert knowledge.medication("urn:oid:2.16.840.1.113883.6.88", "197807") == MedicationInfo(
+        "ibuprofen", "nsaid", True, strength="800 MG"
+    )
+    assert knowledge.medication(RXNORM, "161") is None  # acetaminophen is not an NSAID trial
+    assert knowledge.medication(SNOMED, "7258") is None
+
+
+def test_atc_codes_and_class_prefixes(knowledge: Knowledge) -> None:
+    assert knowledge.medication(ATC, "M01AE02") == MedicationInfo("naproxen", "nsaid", True)
+    assert knowledge.medication(ATC, "m01ax01") == MedicationInfo("nsaid", "nsaid", True)  # class prefix M01A
+    assert knowledge.medication(ATC, "H02AB07") == MedicationInfo("glucocorticoid", "systemic_corticosteroid", True)
+    assert knowledge.medication(ATC, "H02AA02") is None  # fludrocortisone: a mineralocorticoid, not a trial
+    assert knowledge.medication(ATC, "M02AA15") is None  # topical NSAID class
+    assert knowledge.medication(ATC, "N02BE01") is None  # paracetamol
+
+
+def test_aspirin(knowledge: Knowledge) -> None:
+    antiplatelet = knowledge.medication(ATC, "B01AC06")
+    assert antiplatelet is not None and antiplatelet.antiplatelet_aspirin
+    analgesic = knowledge.medication(ATC, "N02BA01")
+    assert analgesic is not None and analgesic.drug_class == "nsaid" and not analgesic.antiplatelet_aspirin
+    # An aspirin ingredient code says nothing of the dose; most listed aspirin is the daily antiplatelet dose.
+    ingredient_only = knowledge.medication(RXNORM, "1191")
+    assert ingredient_only is not None and ingredient_only.antiplatelet_aspirin
+
+
+STEROIDS = {"methylprednisolone", "hydrocortisone", "prednisone", "prednisolone"}
+
+
+@pytest.mark.parametrize(
+    ("text", "ingredient", "systemic", "antiplatelet", "strength"),
+    [
+        ("Naproxen 500 mg tablet", "naproxen", True, False, "500 MG"),
+        ("ADVIL 200MG", "ibuprofen", True, False, "200 MG"),
+        ("Medrol dose pack 4 mg", "methylprednisolone", True, False, "4 MG"),
+        ("Diclofenac sodium 1% topical gel", "diclofenac", False, False, None),
+        ("Voltaren Gel", "diclofenac", False, False, None),
+        ("Ketoprofen patch", "ketoprofen", False, False, None),
+        ("Hydrocortisone cream 1%", "hydrocortisone", False, False, None),
+        ("Hydrocortisone rectal foam", "hydrocortisone", False, False, None),
+        ("Indomethacin 50 mg suppository", "indomethacin", True, False, "50 MG"),  # rectal NSAIDs are systemic
+        ("Prednisolone acetate 1% ophthalmic suspension", "prednisolone", False, False, None),
+        ("Prednisone 20 mg oral tablet", "prednisone", True, False, "20 MG"),
+        ("Aspirin 81 mg EC tablet", "aspirin", True, True, "81 MG"),
+        ("Low-dose aspirin", "aspirin", True, True, None),
+        ("Aspirin 325 MG Oral Tablet", "aspirin", True, False, "325 MG"),
+        ("aspirin", "aspirin", True, True, None),
+    ],
+)
+def test_medication_from_text(
+    knowledge: Knowledge, text: str, ingredient: str, systemic: bool, antiplatelet: bool, strength: str | None
+) -> None:
+    info = knowledge.medication_from_text(text)
+    assert info is not None
+    assert (info.ingredient, info.systemic, info.antiplatelet_aspirin, info.strength) == (
+        ingredient,
+        systemic,
+        antiplatelet,
+        strength,
+    )
+    assert info.confidence == "text"
+    assert info.drug_class == ("systemic_corticosteroid" if ingredient in STEROIDS else "nsaid")
+
+
+@pytest.mark.parametrize("text", ["Fludrocortisone 0.1 mg", "Acetaminophen 500 mg", "Gabapentin", "", None])
+def test_medication_from_text_ignores_other_drugs(knowledge: Knowledge, text: str | None) -> None:
+    assert knowledge.medication_from_text(text) is None
+
+
+def test_medication_of_concept_refines_a_code_with_its_text(knowledge: Knowledge) -> None:
+    coded = knowledge.medication_of_concept([(RXNORM, "1191")], "Aspirin 650 mg")
+    assert coded is not None and not coded.antiplatelet_aspirin and coded.confidence == "code"
+    topical = knowledge.medication_of_concept([(RXNORM, "3355")], "diclofenac 1% gel")
+    assert topical is not None and not topical.systemic
+    assert knowledge.medication_of_concept([("urn:local", "x")], "naproxen 250 mg") == MedicationInfo(
+        "naproxen", "nsaid", True, strength="250 MG", confidence="text"
+    )
+
+
+# -- procedures and ACR ratings --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "key"),
+    [
+        (CPT, "72148", "MR_LSPINE_WO"), (LOINC, "30679-5", "MR_LSPINE_WO"), (RADLEX, "rpid541", "MR_LSPINE_WO"),
+        ("urn:oid:2.16.840.1.113883.6.12", "72158", "MR_LSPINE_WWO"), (CPT, "72149", "MR_LSPINE_W"),
+        (LOINC, "24968-0", "MR_LSPINE"), (CPT, "72131", "CT_LSPINE_WO"), (CPT, "72132", "CT_LSPINE_W"),
+        (CPT, "72133", "CT_LSPINE_WWO"), (LOINC, "24965-6", "CT_MYELO_LSPINE"), (CPT, "72110", "XR_LSPINE"),
+        (LOINC, "24578-7", "BONE_SCAN"),
+    ],
+)  # fmt: skip
+def test_procedure_keys(knowledge: Knowledge, system: str, code: str, key: str) -> None:
+    assert knowledge.procedure_key(system, code) == key
+
+
+def test_non_lumbar_or_unknown_procedures_have_no_key(knowledge: Knowledge) -> None:
+    assert knowledge.procedure_key(CPT, "70551") is None  # MRI brain
+    assert knowledge.procedure_key(LOINC, "24531-6") is None  # US retroperitoneum, wrongly used for lumbar MRI
+    assert knowledge.procedure_key(None, "72148") is None
+
+
+def test_procedure_info(knowledge: Knowledge) -> None:
+    assert {key for key in PROCEDURE_KEYS if knowledge.procedure_info(key).uses_gadolinium} == {
+        "MR_LSPINE_W",
+        "MR_LSPINE_WWO",
+    }
+    assert knowledge.procedure_info("CT_LSPINE_WO").modality == "CT"
+    assert knowledge.procedure_info("MR_LSPINE").iv_contrast == "unspecified"
+
+
+# clinical.md §1.3, row by row (UNA* cells are UNA).
+ACR_TABLE = {
+    "MR_LSPINE_WO": "UNA UNA UA UA UA UA UA",
+    "MR_LSPINE_WWO": "UNA UNA MBA UA UA MBA UA",
+    "MR_LSPINE_W": "UNA UNA UNA UNA UNA UNA UNA",
+    "XR_LSPINE": "UNA UNA MBA UNA UA UA MBA",
+    "CT_LSPINE_WO": "UNA UNA MBA MBA MBA UA MBA",
+    "CT_LSPINE_W": "UNA UNA UNA UNA UNA UNA MBA",
+    "CT_LSPINE_WWO": "UNA UNA UNA UNA UNA UNA UNA",
+    "CT_MYELO_LSPINE": "UNA UNA MBA MBA MBA MBA MBA",
+    "BONE_SCAN": "UNA UNA MBA UNA UNA UNA UNA",
+}
+
+
+@pytest.mark.parametrize(("key", "row"), ACR_TABLE.items())
+def test_acr_ratings_follow_clinical_md(knowledge: Knowledge, key: str, row: str) -> None:
+    assert [knowledge.acr_category(key, variant) for variant in ACR_VARIANTS] == row.split()
+
+
+def test_inferred_cells_are_marked(knowledge: Knowledge) -> None:
+    assert knowledge.acr_cell_inferred("MR_LSPINE_W", 4)
+    assert knowledge.acr_cell_inferred("XR_LSPINE", 4)
+    assert not knowledge.acr_cell_inferred("XR_LSPINE", 1)  # V1/V2 come from the ACR tables themselves
+    assert not knowledge.acr_cell_inferred("MR_LSPINE_WO", 3)
+
+
+def test_unrated_procedures_raise_key_error(knowledge: Knowledge) -> None:
+    assert not knowledge.is_rated_procedure("MR_LSPINE")
+    with pytest.raises(KeyError):
+        knowledge.acr_category("MR_LSPINE", 3)
+    with pytest.raises(KeyError):
+        knowledge.acr_category("MR_LSPINE_WO", 8)
+    with pytest.raises(KeyError):
+        knowledge.acr_category("NOT_A_KEY", 1)
+
+
+def test_mri_order_protocol(knowledge: Knowledge) -> None:
+    assert "T1" in knowledge.mri_protocol and "T2" in knowledge.mri_protocol and "1.5 T" in knowledge.mri_protocol
+
+
+# -- cards ------------------------------------------------------------------------------------
+
+
+def test_override_reasons(knowledge: Knowledge) -> None:
+    texts = knowledge.card_texts
+    assert texts["override_reason_system"] == "http://lumbar-imaging-cds.example.org/fhir/CodeSystem/override-reason"
+    assert dict(texts["override_reasons"]) == {
+        "proceed-with-order": "Proceed with order",
+        "guideline-not-applicable": "Guideline does not apply",
+        "disagree-with-guideline": "Do not agree with guideline",
+        "other-evidence": "Other evidence base",
+        "radiologist-recommendation": "Radiologist recommendation",
+        "deferring-decision": "Deferring decision",
+        "candidate-confirmed": "Surgery or intervention candidate confirmed",
+    }
+    assert "candidate-confirmed" in texts["cards"]["confirm_candidacy"]["override_reasons"]
+
+
+def test_card_source_and_references(knowledge: Knowledge) -> None:
+    texts = knowledge.card_texts
+    assert texts["source"]["label"] == "ACR Appropriateness Criteria: Low Back Pain (2021)"
+    assert texts["source"]["url"] == "https://acsearch.acr.org/docs/69483/Narrative/"
+    assert texts["references"]["choosing_wisely"]["url"].startswith("https://www.aafp.org/")
+    assert "choosing_wisely" in texts["cards"]["conservative_care_first"]["references"]
+
+
+def test_every_summary_stays_under_140_characters_with_the_longest_values(knowledge: Knowledge) -> None:
+    texts = knowledge.card_texts
+    longest = {name: "W" * spec["max_length"] for name, spec in texts["placeholders"].items()}
+    for name, card in texts["cards"].items():
+        assert len(card["summary"].format(**longest)) < 140, name
+        assert card["indicator"] in ("info", "warning", "critical"), name
+
+
+def test_card_wording_uses_acr_category_words(knowledge: Knowledge) -> None:
+    texts = knowledge.card_texts
+    words = " ".join(
+        [card["summary"] + " " + card["detail"] for card in texts["cards"].values()] + list(texts["phrases"].values())
+    ).lower()
+    assert "inappropriate" not in words
+    assert "usually appropriate" in words and "usually not appropriate" in words
+    assert texts["cards"]["cauda_equina"]["indicator"] == "critical"
+
+
+def test_card_texts_render_with_their_declared_placeholders(knowledge: Knowledge) -> None:
+    texts = knowledge.card_texts
+    names = set(texts["placeholders"]) | set(texts["detail_placeholders"])
+    for card in texts["cards"].values():
+        for template in (card["summary"], card["detail"]):
+            used = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+            assert used <= names
+            template.format(**{name: "x" for name in names})
+
+
+def test_card_texts_are_read_only(knowledge: Knowledge) -> None:
+    with pytest.raises(TypeError):
+        knowledge.card_texts["cards"]["cauda_equina"]["summary"] = "changed"
+
+
+# -- thresholds -------------------------------------------------------------------------------
+
+
+def test_threshold_defaults_follow_product_md() -> None:
+    thresholds = Thresholds()
+    assert (thresholds.symptom_weeks, thresholds.nsaid_trial_weeks, thresholds.steroid_burst_weeks) == (6, 2, 3)
+    assert (thresholds.long_term_steroid_months, thresholds.prior_mri_lookback_months) == (3, 12)
+    assert thresholds.fever_celsius == 38.0 and thresholds.egfr_contrast_limit == 30.0
+    assert load_knowledge().thresholds == thresholds
+
+
+def test_threshold_overrides() -> None:
+    assert Thresholds.from_overrides(None) == Thresholds()
+    assert Thresholds.from_overrides({}) == Thresholds()
+    changed = Thresholds.from_overrides({"symptom_weeks": 4, "fever_celsius": 38})
+    assert changed.symptom_weeks == 4 and changed.fever_celsius == 38.0 and changed.nsaid_trial_weeks == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"symptom_week": 4}, "thresholds.symptom_week: unknown threshold"),
+        ({"symptom_weeks": "6"}, "thresholds.symptom_weeks: expected a number"),
+        ({"symptom_weeks": 6.5}, "thresholds.symptom_weeks: expected a whole number"),
+        ({"symptom_weeks": True}, "thresholds.symptom_weeks: expected a number"),
+        ({"egfr_contrast_limit": -1}, "thresholds.egfr_contrast_limit: expected a positive number"),
+        ({"fever_celsius": float("nan")}, "thresholds.fever_celsius: expected a positive number"),
+        ([1, 2], "thresholds: expected an object"),
+    ],
+)
+def test_bad_threshold_overrides_name_the_key(overrides: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace(".", r"\.")):
+        Thresholds.from_overrides(overrides)  # type: ignore[arg-type]
+
+
+def test_with_thresholds_shares_the_tables(knowledge: Knowledge) -> None:
+    custom = knowledge.with_thresholds(Thresholds(symptom_weeks=8))
+    assert custom.thresholds.symptom_weeks == 8 and knowledge.thresholds.symptom_weeks == 6
+    assert custom.concepts_of(ICD10CM, "M54.50") == {"low_back_pain"}
+
+
+# -- performance ------------------------------------------------------------------------------
+
+
+def test_lookups_are_constant_time(knowledge: Knowledge) -> None:
+    # Generous bound (a dict lookup costs well under a microsecond): this catches a lookup that
+    # scans a value set or rebuilds a table per call, not machine speed.
+    codings = [(ICD10CM, "M54.50"), ("urn:oid:2.16.840.1.113883.6.90", "C50911"), (SNOMED, "23056005")] * 10_000
+    started = time.perf_counter()
+    for system, code in codings:
+        knowledge.concepts_of(system, code)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_service_load_releases_the_icd10cm_package_it_imported() -> None:
+    # In a fresh process nobody else imports simple_icd_10_cm: after load_knowledge() its ~180 MB tree
+    # must be gone, and the expanded codes must still be there.
+    script = (
+        "import sys\n"
+        "from cds_service.knowledge import load_knowledge\n"
+        "knowledge = load_knowledge()\n"
+        "assert 'simple_icd_10_cm' not in sys.modules, 'package not released'\n"
+        "assert knowledge.concepts_of('http://hl7.org/fhir/sid/icd-10-cm', 'C7A.00') == {'malignancy'}\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
