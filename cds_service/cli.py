@@ -169,7 +169,7 @@ def _evaluate(path: str, now_text: str | None, service_id: str | None) -> int:
 
 def _check_config() -> int:
     from cds_service.clinical import ClinicalEngine
-    from cds_service.knowledge import load_knowledge
+    from cds_service.knowledge import check_knowledge, load_knowledge
     from cds_service.registry import load_registry
     from cds_service.settings import settings_from_env
 
@@ -179,12 +179,7 @@ def _check_config() -> int:
     registry = load_registry(settings.hooks_dir)
     print(f"service definitions: ok ({', '.join(d.id for d in registry)})")
     knowledge = load_knowledge()
-    try:
-        from cds_service.knowledge import check_knowledge  # type: ignore[attr-defined]
-
-        problems.extend(check_knowledge())
-    except ImportError:
-        pass
+    problems.extend(check_knowledge())
     print(f"knowledge base: version {knowledge.version}")
     for definition in registry:
         ClinicalEngine.from_config(definition.config)

@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service.errors import ConfigurationError
 from cds_service.knowledge import (
@@ -269,6 +271,17 @@ def test_non_lumbar_or_unknown_procedures_have_no_key(knowledge: Knowledge) -> N
     assert knowledge.procedure_key(None, "72148") is None
 
 
+def test_procedure_codings_map_back_to_their_key(knowledge: Knowledge) -> None:
+    for key in PROCEDURE_KEYS:
+        codings = knowledge.procedure_codings(key)
+        assert codings, key
+        for system, code, display in codings:
+            assert knowledge.procedure_key(system, code) == key and display
+    assert knowledge.procedure_codings("MR_LSPINE_WO")[:2] == knowledge.mri_without_contrast_codings()
+    assert [code for _, code, _ in knowledge.procedure_codings("XR_LSPINE")] == ["72100", "72110", "72114", "72120"]
+    assert knowledge.procedure_codings("NOT_A_KEY") == ()
+
+
 def test_procedure_info(knowledge: Knowledge) -> None:
     assert {key for key in PROCEDURE_KEYS if knowledge.procedure_info(key).uses_gadolinium} == {
         "MR_LSPINE_W",
@@ -451,3 +464,21 @@ def test_service_load_releases_the_icd10cm_package_it_imported() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@given(
+    system=st.one_of(st.none(), st.text(max_size=60), st.sampled_from(["http://hl7.org/fhir/sid/icd-10-cm", ATC, CPT])),
+    code=st.one_of(st.none(), st.text(max_size=20), st.integers()),
+    text=st.one_of(st.none(), st.text(max_size=200), st.integers()),
+)
+@settings(max_examples=300, deadline=None)
+def test_lookups_never_raise_on_client_data(system: object, code: object, text: object) -> None:
+    # Codes and texts come from untrusted FHIR data: odd values give empty answers, never an exception.
+    knowledge = load_knowledge()
+    assert isinstance(knowledge.concepts_of(system, code), frozenset)  # type: ignore[arg-type]
+    key = knowledge.procedure_key(system, code)  # type: ignore[arg-type]
+    assert key is None or key in PROCEDURE_KEYS
+    knowledge.medication(system, code)  # type: ignore[arg-type]
+    assert isinstance(knowledge.concepts_of_text(text), frozenset)  # type: ignore[arg-type]
+    knowledge.medication_from_text(text)  # type: ignore[arg-type]
+    knowledge.medication_of_concept([(system, code)], text)  # type: ignore[list-item, arg-type]

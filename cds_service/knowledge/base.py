@@ -139,6 +139,7 @@ class KnowledgeTables:
     medications: MedicationIndex
     procedures: Mapping[tuple[str, str], str]
     procedure_infos: Mapping[str, ProcedureInfo]
+    procedure_codings: Mapping[str, tuple[tuple[str, str, str], ...]]
     acr: Mapping[str, Mapping[int, AcrCategory]]
     acr_inferred: frozenset[tuple[str, int]]
     mri_codings: tuple[tuple[str, str, str], ...]
@@ -193,7 +194,7 @@ class Knowledge:
         keyword also matches a hyphen. Negation ("no pacemaker") is not detected.
         """
         pattern = self._tables.keyword_pattern
-        if not text or pattern is None:
+        if not text or not isinstance(text, str) or pattern is None:
             return _EMPTY
         found: frozenset[str] = _EMPTY
         for match in pattern.finditer(text):
@@ -240,6 +241,14 @@ class Knowledge:
     def procedure_info(self, procedure_key: str) -> ProcedureInfo:
         """Label, modality and contrast of a procedure key (KeyError if unknown)."""
         return self._tables.procedure_infos[procedure_key]
+
+    def procedure_codings(self, procedure_key: str) -> tuple[tuple[str, str, str], ...]:
+        """``(system, code, display)`` of every verified code of a procedure key (CPT first), for building orders.
+
+        Empty for an unknown key. Use these rather than copies of the codes, so that an order the service
+        writes always maps back to the same key.
+        """
+        return self._tables.procedure_codings.get(procedure_key, ())
 
     def acr_category(self, procedure_key: str, variant: int) -> AcrCategory:
         """ACR category of a procedure in a variant (clinical.md §1.3).

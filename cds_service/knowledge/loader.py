@@ -93,6 +93,9 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
     keyword_pattern, keyword_concepts = _load_keywords(directory, problems, valuesets)
     medications = _load_medications(directory, problems)
     procedures, procedure_infos, mri_codings, mri_protocol, procedure_displays = _load_procedures(directory, problems)
+    procedure_codings: dict[str, list[tuple[str, str, str]]] = {}
+    for (system, code), key in procedures.items():
+        procedure_codings.setdefault(key, []).append((system, code, procedure_displays[(system, code)]))
     acr, acr_inferred = _load_acr(directory, problems)
     cards = _load_cards(directory, problems)
     if problems.messages or medications is None or cards is None:
@@ -107,6 +110,7 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
         medications=medications,
         procedures=MappingProxyType(procedures),
         procedure_infos=MappingProxyType(procedure_infos),
+        procedure_codings=MappingProxyType({key: tuple(codings) for key, codings in procedure_codings.items()}),
         acr=MappingProxyType({key: MappingProxyType(row) for key, row in acr.items()}),
         acr_inferred=frozenset(acr_inferred),
         mri_codings=mri_codings,

@@ -68,7 +68,7 @@ class MedicationIndex:
 
     def by_text(self, text: str | None) -> MedicationInfo | None:
         """The first NSAID or systemic corticosteroid named in ``text`` (confidence "text")."""
-        if not text or self.ingredient_pattern is None:
+        if not text or not isinstance(text, str) or self.ingredient_pattern is None:
             return None
         match = self.ingredient_pattern.search(text)
         if match is None:
@@ -92,7 +92,7 @@ class MedicationIndex:
             info = self.by_code(system, code)
             if info is None:
                 continue
-            if not text:
+            if not text or not isinstance(text, str):
                 return info
             if info.systemic and not self._systemic(text, info.drug_class):
                 info = dataclasses.replace(info, systemic=False)

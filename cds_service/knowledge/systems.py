@@ -49,7 +49,7 @@ def _normalise_uri(system: str) -> str:
 
 def canonical_system(system: str | None) -> str | None:
     """The canonical URI of a code system the knowledge base knows, or ``None`` for any other system."""
-    if not system:
+    if not system or not isinstance(system, str):  # data from clients: never trust the type
         return None
     # Exact spellings resolve with one dict lookup; only unusual spellings pay for normalisation.
     exact = _ALIASES.get(system)
@@ -70,7 +70,7 @@ def normalise_code(canonical: str, code: str) -> str:
 
 def coding_key(system: str | None, code: str | None) -> tuple[str, str] | None:
     """``(canonical_system, normalised_code)`` of a coding; ``None`` for an unknown system or an empty code."""
-    if not code:
+    if not code or not isinstance(code, str):
         return None
     canonical = canonical_system(system)
     if canonical is None:
