@@ -7,6 +7,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cds_service.clinical.facts import Extraction
 from cds_service.clinical.fhir_io import FhirReader, parse_date
@@ -386,3 +388,106 @@ def test_a_2000_resource_record_reads_in_well_under_the_budget(reader: FhirReade
         read(reader, big)
         timings.append(time.perf_counter() - started)
     assert sorted(timings)[2] < 0.150
+
+
+# --------------------------------------------------------------------------------------------------- robustness
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["active", "2026-01-01", "C61"]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "coding",
+                    "system",
+                    "code",
+                    "text",
+                    "status",
+                    "clinicalStatus",
+                    "onsetDateTime",
+                    "value",
+                    "effectivePeriod",
+                    "start",
+                    "end",
+                    "dosage",
+                    "valueQuantity",
+                    "reasonCode",
+                    "type",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    resource_type=st.sampled_from(
+        [
+            "Condition",
+            "MedicationStatement",
+            "MedicationRequest",
+            "Procedure",
+            "Observation",
+            "AllergyIntolerance",
+            "Device",
+            "ServiceRequest",
+            "DiagnosticReport",
+            "ImagingStudy",
+        ]
+    ),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "code",
+                "status",
+                "clinicalStatus",
+                "verificationStatus",
+                "onsetDateTime",
+                "effectivePeriod",
+                "medicationCodeableConcept",
+                "dosage",
+                "valueQuantity",
+                "type",
+                "procedureCode",
+                "dispenseRequest",
+                "deviceName",
+                "performedDateTime",
+            ]
+        ),
+        JSON,
+        max_size=5,
+    ),
+)
+def test_no_resource_shape_breaks_the_reader(reader: FhirReader, resource_type: str, body: dict[str, Any]) -> None:
+    resource = {**body, "resourceType": resource_type, "id": "x"}
+    extraction = read(reader, record(lbp(), resource), draft_service_request("72148"))
+    assert [f.concept for f in extraction.facts.episode.findings] == ["low_back_pain"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "code",
+                "status",
+                "priority",
+                "reasonCode",
+                "reasonCodeableConcept",
+                "specialty",
+                "medicationCodeableConcept",
+                "authoredOn",
+            ]
+        ),
+        JSON,
+        max_size=5,
+    ),
+    resource_type=st.sampled_from(["ServiceRequest", "ProcedureRequest", "MedicationRequest", "MedicationOrder"]),
+)
+def test_no_draft_order_shape_breaks_the_reader(reader: FhirReader, resource_type: str, body: dict[str, Any]) -> None:
+    orders, _notes = reader.read_draft_orders(bundle({**body, "resourceType": resource_type, "id": "d"}), None)
+    assert [o.reference for o in orders] == [f"{resource_type}/d"]

@@ -44,6 +44,8 @@ PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
 PAMA_CONSULT_ID_URL = "http://fhir.org/argonaut/Extension/pama-rating-consult-id"
 PAMA_AUC_APPLIED_URL = "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"
 _PAMA_URLS = frozenset({PAMA_RATING_URL, PAMA_CONSULT_ID_URL, PAMA_AUC_APPLIED_URL})
+# A card lists at most this many therapy items of each kind (the most recent): a long history must stay readable.
+MAX_EVIDENCE_ITEMS = 8
 IMAGING_CATEGORY = {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}
 
 # What a suggested order is coded with: CPT and LOINC codes of the knowledge base (procedures.json). The engine
@@ -115,7 +117,7 @@ _THERAPY_EVIDENCE_CARDS = frozenset(
 )
 _TERMS_KEYS = (
     "procedures", "ratings", "categories", "rating_action", "rating_action_no_category", "order_kinds",
-    "missing_types", "missing_many", "evidence", "concerns", "order_notes", "cards",
+    "missing_types", "missing_many", "evidence", "concerns", "order_notes", "cards", "durations", "concepts",
 )  # fmt: skip
 
 
@@ -359,14 +361,14 @@ class CardRenderer:
         prior = next((f for f in concern.findings if f.concept == "prior_lumbar_mri"), None)
         rating_category = order_decision.rating.category if order_decision.rating is not None else None
         values: dict[str, object] = {
-            "weeks": _whole(therapy.symptom_weeks) or self._evidence["unknown_weeks"],
+            "weeks": _whole(therapy.symptom_weeks),
             "symptom_weeks": self._thresholds.symptom_weeks,
             "category": self._terms["categories"].get(category or "", ""),
             "order_kind": self._terms["order_kinds"].get(order.drug_class or order.kind, ""),
             "date": self._date(prior.recorded) if prior else "",
             "lookback_months": self._thresholds.prior_mri_lookback_months,
             "lookback_days": self._thresholds.current_finding_lookback_days,
-            "device": _capitalised(concern.findings[0].label) if concern.kind == "mr_implant" else "",
+            "device": self._label(concern.findings[0]) if concern.kind == "mr_implant" else "",
             "concern": self._concern_words(concern.findings[0]) if concern.findings else "",
             "missing": self._missing_words(concern.missing_types),
             "procedure": self._terms["procedures"].get(order.procedure_key or "", ""),
@@ -388,7 +390,7 @@ class CardRenderer:
             return _fill(
                 self._terms["concerns"]["egfr"], value=finding.label, limit=f"{self._thresholds.egfr_contrast_limit:g}"
             )
-        return _capitalised(finding.label)
+        return self._label(finding)
 
     def _missing_words(self, resource_types: Sequence[str]) -> str:
         names = list(dict.fromkeys(self._terms["missing_types"].get(t, t) for t in resource_types))
@@ -416,7 +418,8 @@ class CardRenderer:
             template,
             **{
                 **values,
-                "evidence": _bullets(lines) or self._evidence["none_found"],
+                # Nothing found is a finding only when the record was obtained; with data missing it says nothing.
+                "evidence": _bullets(lines) or ("" if concern.kind == "data_missing" else self._evidence["none_found"]),
                 "safety_evidence": _bullets([self._finding_line(f) for f in concern.safety]),
                 "egfr_note": egfr_note if "{egfr_note}" in template else "",
                 "missing_list": ", ".join(missing_names),
@@ -441,9 +444,9 @@ class CardRenderer:
             lines.append(
                 _fill(
                     self._evidence["symptoms"],
-                    label=first.label,
+                    label=self._label(first),
                     onset=self._date(facts.episode.onset),
-                    weeks=_whole(therapy.symptom_weeks),
+                    duration=self._duration(therapy.symptom_weeks),
                 )
             )
         long_term = {course.reference: course for course in therapy.long_term_steroids}
@@ -467,36 +470,63 @@ class CardRenderer:
             return _fill(self._evidence["temperature"], value=finding.label, date=self._date(finding.recorded))
         if finding.concept == "egfr":
             return _fill(self._evidence["egfr"], value=finding.label, date=self._date(finding.recorded))
-        return _fill(self._evidence["finding"], label=_capitalised(finding.label), date=self._date(finding.recorded))
+        return _fill(self._evidence["finding"], label=self._label(finding), date=self._date(finding.recorded))
+
+    def _label(self, finding: Finding) -> str:
+        """The record's own words for a finding; the concept's name when the record gave none."""
+        if not finding.label or finding.label == finding.concept:
+            return str(self._terms["concepts"].get(finding.concept, finding.concept.replace("_", " ")))
+        return _capitalised(finding.label)
+
+    def _duration(self, weeks: float | None) -> str:
+        """ "1 week", "9 weeks", "5 days": whole units, singular when there is one."""
+        durations = self._terms["durations"]
+        if weeks is None:
+            return str(durations["unknown"])
+        if weeks < 2:  # "10 days" says more than "1 week"
+            days = round(weeks * 7)
+            return str(durations["day"]) if days == 1 else _fill(durations["days"], n=days)
+        whole = round(weeks)
+        return str(durations["week"]) if whole == 1 else _fill(durations["weeks"], n=whole)
 
     def therapy_lines(self, therapy: TherapyAssessment) -> list[str]:
         """One line per conservative-therapy trial (drug, dose, dates, weeks), then physical therapy.
 
         Long-term steroid use is not listed here: it is a red flag and the red-flag cards cite it.
         """
-        lines = [self._course_line(c) for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
+        courses = sorted((*therapy.nsaid_courses, *therapy.steroid_courses), key=lambda c: c.start or date.min)
+        lines = [self._course_line(c) for c in courses[-MAX_EVIDENCE_ITEMS:]]
         lines.extend(
-            _fill(self._evidence["physical_therapy"], label=_capitalised(f.label), date=self._date(f.recorded))
-            for f in therapy.physical_therapy
+            _fill(self._evidence["physical_therapy"], label=self._label(f), date=self._date(f.recorded))
+            for f in therapy.physical_therapy[-MAX_EVIDENCE_ITEMS:]
         )
+        hidden = max(0, len(courses) - MAX_EVIDENCE_ITEMS) + max(0, len(therapy.physical_therapy) - MAX_EVIDENCE_ITEMS)
+        if hidden:
+            lines.append(_fill(self._evidence["more"], n=hidden))
         return lines
 
     def _course_line(self, course: MedicationCourse) -> str:
+        """Drug and dose, dates and length of one course, in the knowledge base's phrase for its kind."""
         phrases = self._texts.phrases
-        name = {"trial": "nsaid_trial", "burst": "steroid_burst", "prolonged": "steroid_prolonged"}.get(
-            course.kind, "steroid_prolonged"
-        )
+        name = {"trial": "nsaid_trial", "burst": "steroid_burst"}.get(course.kind, "steroid_prolonged")
         drug = " ".join(part for part in (course.ingredient, course.dose_text) if part)
-        if course.start is None or name not in phrases:
+        if course.start is None:
             return _fill(self._evidence["nsaid_no_dates"], drug=drug)
-        return _fill(
-            phrases[name],
-            drug=drug,
-            start=self._date(course.start),
-            end=self._date(course.end) if course.end else self._evidence["ongoing"],
-            weeks=_whole(course.weeks),
-            days=f"{course.weeks * 7:.0f}" if course.weeks is not None else "",
-        )
+        values = {
+            "drug": drug,
+            "start": self._date(course.start),
+            "end": self._date(course.end) if course.end else self._evidence["ongoing"],
+            "weeks": _whole(course.weeks),
+            "days": f"{course.weeks * 7:.0f}" if course.weeks is not None else "",
+            "duration": self._duration(course.weeks),
+        }
+        phrase = phrases.get(name)
+        # The phrases carry a fixed plural unit ("({weeks} weeks)"): a single unit, or no length, reads better
+        # through the generic course line.
+        unit_value = values["days"] if "{days}" in (phrase or "") else values["weeks"]
+        if phrase is None or course.weeks is None or unit_value in ("0", "1"):
+            return _fill(self._evidence["course"], **values)
+        return _fill(phrase, **values)
 
     def _date(self, value: date | None) -> str:
         return value.isoformat() if value is not None else self._evidence["unknown_date"]
@@ -550,7 +580,7 @@ class CardRenderer:
         reasons: dict[str, tuple[str, tuple[CodeRef, ...]]] = {}
         for finding in (*concern.findings, *facts.episode.findings):
             if finding.reference.startswith("Condition/") and finding.reference not in reasons:
-                reasons[finding.reference] = (finding.label, finding.codes)
+                reasons[finding.reference] = (self._label(finding), finding.codes)
         supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
         supporting += [f.reference for f in therapy.physical_therapy]
         notes = self._terms["order_notes"]
@@ -627,7 +657,9 @@ class CardRenderer:
 def _with_extensions(raw: Mapping[str, Any] | None, extensions: list[dict[str, Any]]) -> dict[str, Any]:
     """A copy of the resource whose PAMA extensions are replaced by ``extensions``; nothing else changes."""
     resource: dict[str, Any] = copy.deepcopy(dict(raw or {}))
-    kept = [e for e in resource.get("extension") or [] if not (isinstance(e, Mapping) and e.get("url") in _PAMA_URLS)]
+    existing = resource.get("extension")
+    existing = existing if isinstance(existing, list) else []
+    kept = [e for e in existing if not (isinstance(e, Mapping) and e.get("url") in _PAMA_URLS)]
     resource["extension"] = kept + extensions
     return resource
 

@@ -291,14 +291,10 @@ def _and3(*values: bool | None) -> bool | None:
 
 # ---------------------------------------------------------------------------------------------- variants
 def assess_variants(
-    facts: ClinicalFacts,
-    therapy: TherapyAssessment,
-    order: DraftOrder,
-    thresholds: Thresholds,
-    today: date,
+    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds
 ) -> VariantAssessment:
     """The ACR variants possible for this order, in precedence order, and the one that drives the card."""
-    flags = _red_flags(facts, therapy, order, thresholds, today)
+    flags = _red_flags(facts, therapy, order, thresholds)
     possible: list[int] = []
     unknown_sources: list[str] = []
     driving: int | None = None
@@ -326,8 +322,9 @@ def assess_variants(
 
 
 def _red_flags(
-    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds, today: date
+    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds
 ) -> dict[int, tuple[Finding, ...]]:
+    """Red flags on record (and in the order's own reasons) per red-flag variant (PRODUCT.md §3.3)."""
     findings = list(facts.red_flags)
     on_record = {f.concept for f in findings}
     # The order's own reason codes are evidence too (e.g. an order placed "for suspected cauda equina").
@@ -414,7 +411,7 @@ def _decide_imaging(
     if not has_indication and facts.is_known("Condition"):
         # Known record, no back pain, sciatica or radiculopathy anywhere: the LBP criteria do not apply.
         return OrderDecision(order, Rating("no-criteria-apply", None, ()), None, ())
-    variants = assess_variants(facts, therapy, order, thresholds, today)
+    variants = assess_variants(facts, therapy, order, thresholds)
     rating = rate(key, variants.possible, acr_category)
     contrast_concerns = _contrast_concerns(facts, thresholds, today)
     selected_category = acr_category(key, variants.driving) if variants.driving is not None else None
@@ -442,12 +439,14 @@ def _decide_imaging(
     missing = list(variants.unknown_sources)
     if key in MRI_KEYS and "Device" in facts.unknown_types:
         missing.append("Device")
-    if key in CONTRAST_MRI_KEYS:
+    if key in CONTRAST_KEYS:
         missing.extend(t for t in ("Observation", "AllergyIntolerance") if t in facts.unknown_types)
     if missing:
         concerns.append(Concern("data_missing", order.reference, "info", missing_types=tuple(dict.fromkeys(missing))))
-    # Gadolinium is the concern the knowledge texts speak of: the note goes on contrast MRI orders.
-    no_recent_egfr = key in CONTRAST_MRI_KEYS and _recent_egfr(facts, thresholds, today) is None
+    # "No recent eGFR found" only when the labs were obtained; otherwise the missing-data card says so.
+    no_recent_egfr = (
+        key in CONTRAST_KEYS and facts.is_known("Observation") and _recent_egfr(facts, thresholds, today) is None
+    )
     return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr)
 
 
@@ -571,7 +570,7 @@ def _decide_therapy_order(
     """NSAID/steroid courses, injections and referrals: a card only for cauda equina and the V3 "create MRI" row."""
     if not facts.episode.findings and not (order.reason_concepts & INDICATION_CONCEPTS):
         return OrderDecision(order, None, None, ())  # not the back-pain question
-    variants = assess_variants(facts, therapy, order, thresholds, today)
+    variants = assess_variants(facts, therapy, order, thresholds)
     mri_drafted = any(o.procedure_key in MRI_KEYS for o in orders)
     if variants.driving == 4:
         create_urgent = Proposal("create_urgent", "create", MRI_WITHOUT_CONTRAST, "stat", True)

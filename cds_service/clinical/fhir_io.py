@@ -72,6 +72,9 @@ _MODELS: Mapping[str, Any] = {
     "ImagingStudy": ImagingStudy,
 }
 
+# Draft orders validated as R4; other versions' drafts (ProcedureRequest, MedicationOrder) are read leniently.
+_R4_DRAFT_MODELS: Mapping[str, Any] = {"ServiceRequest": ServiceRequest, "MedicationRequest": MedicationRequest}
+
 # Every resource type the engine reads; the missing-data card names the ones that could not be obtained.
 RECORD_TYPES: tuple[str, ...] = tuple(_MODELS)
 
@@ -288,11 +291,19 @@ class FhirReader:
         collector = _Collector()
         collector.skipped.extend(order_skips)
         for patient in record.of_type("Patient")[:1]:
-            if self._validate(patient, collector):
+            if isinstance(patient, Mapping) and self._validate(patient, collector):
                 self._read_patient(patient, collector, today)
         for resource_type, reader in self._readers.items():
             for resource in record.of_type(resource_type):
-                reader(resource, collector, today, draft_refs)
+                if not isinstance(resource, Mapping):
+                    collector.skipped.append(f"{resource_type} skipped: not a JSON object")
+                    continue
+                try:
+                    reader(resource, collector, today, draft_refs)
+                except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+                    # The pre-filter reads raw JSON before validation; a shape it did not expect (a list where an
+                    # object belongs ...) skips that one resource, never the request.
+                    collector.skipped.append(f"{_reference(resource)} skipped: unreadable ({type(error).__name__})")
         unknown = frozenset(t for t in RECORD_TYPES if not record.is_known(t))
         facts = self._facts(collector, today, unknown, record)
         return Extraction(facts=facts, orders=orders, skipped=tuple(collector.skipped))
@@ -310,16 +321,17 @@ class FhirReader:
                 continue
             reference = _reference(resource)
             selected = selections is None or any(s == reference or s.endswith("/" + reference) for s in selections)
-            model = (
-                _MODELS.get(resource["resourceType"])
-                if resource["resourceType"] in ("ServiceRequest", "MedicationRequest")
-                else None
-            )
+            model = _R4_DRAFT_MODELS.get(resource["resourceType"])
             if model is not None and selected:
                 reason = _validation_error(model, resource)
                 if reason:
                     notes.append(f"{reference} did not validate (read leniently): {reason}")
-            orders.append(self._draft_order(resource, reference, selected))
+            try:
+                orders.append(self._draft_order(resource, reference, selected))
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+                # An order this service cannot read is not one it can rate: it gets nothing, the request goes on.
+                notes.append(f"{reference} unreadable ({type(error).__name__}): not evaluated")
+                orders.append(DraftOrder(reference, resource["resourceType"], "other", selected, raw=resource))
         return tuple(orders), notes
 
     # ---------------------------------------------------------------------------------- draft orders
@@ -431,7 +443,7 @@ class FhirReader:
             and abatement_end is not None
             and (today - abatement_end).days <= self._thresholds.current_finding_lookback_days
         )
-        label = _label(code) or "condition"
+        label = _label(code) or ""  # no words on record: the card names the concept
         codes = _code_refs(code)
         reference = _reference(resource)
         for concept in sorted(concepts):
@@ -479,7 +491,7 @@ class FhirReader:
             return
         reference = _reference(resource)
         start, end = self._course_dates(resource, today)
-        label = _label(medication) or (info.ingredient if info else "medication")
+        label = _label(medication) or (info.ingredient if info else "")
         for concept in sorted(flag_concepts):
             collector.red_flags.append(Finding(concept, reference, start, label, ()))
         if info is None or not _counts_as_therapy(info):
@@ -541,7 +553,7 @@ class FhirReader:
         collector: _Collector,
         today: date,
     ) -> None:
-        reference, label = _reference(resource), _label(code) or resource.get("resourceType", "procedure")
+        reference, label = _reference(resource), _label(code) or ""
         for concept in sorted(concepts):
             finding = Finding(concept, reference, when, str(label), ())
             if concept == "physical_therapy":
@@ -577,9 +589,7 @@ class FhirReader:
         if "egfr" in concepts and isinstance(value, int | float):
             collector.egfrs.append(LabResult(reference, float(value), when, str(unit) if unit else None))
         if "pregnancy_test" in concepts and _is_positive(resource) and self._within_lookback(when, today):
-            collector.pregnancy.append(
-                Finding("pregnancy", reference, when, _label(resource.get("code")) or "pregnancy test", ())
-            )
+            collector.pregnancy.append(Finding("pregnancy", reference, when, _label(resource.get("code")) or "", ()))
 
     def _read_allergy(
         self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
@@ -595,9 +605,7 @@ class FhirReader:
         if not self._validate(resource, collector):
             return
         when = _first(parse_date(resource.get("onsetDateTime")), parse_date(resource.get("recordedDate")))
-        collector.allergy.append(
-            Finding("gadolinium_allergy", _reference(resource), when, _label(code) or "contrast allergy", ())
-        )
+        collector.allergy.append(Finding("gadolinium_allergy", _reference(resource), when, _label(code) or "", ()))
 
     def _read_device(
         self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
@@ -613,7 +621,7 @@ class FhirReader:
             return
         if not self._validate(resource, collector):
             return
-        label = _label(type_) or next((n for n in names if isinstance(n, str)), None) or "implanted device"
+        label = _label(type_) or next((n for n in names if isinstance(n, str)), None) or ""
         collector.implants.append(Finding("mr_implant", _reference(resource), None, label, ()))
 
     def _read_service_request(
