@@ -48,15 +48,20 @@ class RoundResult:
     """What one round measured: latencies in nanoseconds of completed requests, and the failures."""
 
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    # Per client: when its timed requests began (after any warm-up) and when each one completed (monotonic s).
+    timed_from: float = 0.0
+    completions: array[float] = field(default_factory=lambda: array("d"))
+    # Set by LoadGenerator.run_round once every client has reported; summed over rounds by merge().
     completed_in_window: int = 0
+    window_seconds: float = 0.0
     errors: int = 0
     first_error: str | None = None
-    wall_seconds: float = 0.0
 
     def merge(self, other: RoundResult) -> None:
-        """Add another client's (or round's) figures to this one."""
+        """Add another round's figures to this one (throughput = completed_in_window / window_seconds)."""
         self.latencies_ns.extend(other.latencies_ns)
         self.completed_in_window += other.completed_in_window
+        self.window_seconds += other.window_seconds
         self.errors += other.errors
         self.first_error = self.first_error or other.first_error
 
@@ -131,6 +136,7 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
             delay = start_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            result.timed_from = time.monotonic()
         while True:
             now = time.monotonic()
             if warm and now >= end_at:
@@ -158,14 +164,14 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
                 delay = start_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                result.timed_from = time.monotonic()
                 continue
             if status != 200:
                 result.errors += 1
                 result.first_error = result.first_error or f"HTTP {status}"
                 continue
             result.latencies_ns.append(finished - began)
-            if time.monotonic() <= end_at:
-                result.completed_in_window += 1
+            result.completions.append(time.monotonic())
         last_used[port] = time.monotonic()
         pipe.send(result)
     for connection in connections.values():
@@ -219,8 +225,13 @@ class LoadGenerator:
             known = self._known_payloads[client_id]
             pipe.send((port, payload_key, None if payload_key in known else payload, start_at, end_at))
             known.add(payload_key)
-        merged = RoundResult()
-        for pipe in self._pipes[:concurrency]:
-            merged.merge(pipe.recv())
-        merged.wall_seconds = duration
+        clients = [pipe.recv() for pipe in self._pipes[:concurrency]]
+        # The window opens when the last client has started timing (a slow warm-up delays a client), so that
+        # throughput is never computed over a period when fewer clients than advertised were sending.
+        window_start = max([start_at, *(client.timed_from for client in clients)])
+        merged = RoundResult(window_seconds=max(end_at - window_start, 0.0))
+        for client in clients:
+            merged.merge(client)
+            merged.completed_in_window += sum(1 for done in client.completions if window_start <= done <= end_at)
+        merged.window_seconds = max(end_at - window_start, 0.0)
         return merged

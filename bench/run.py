@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,8 @@ def percentile(sorted_values: list[int], fraction: float) -> float:
 
 @dataclass
 class CellFigures:
+    """One row of the table: a target (service or ceiling) at one request size and client count."""
+
     target: str
     size: str
     resources: int
@@ -293,47 +295,53 @@ class CellFigures:
     mean_ms: float
 
 
-def summarise(target: str, size: str, resources: int, clients: int, result: RoundResult,
-              seconds: float) -> CellFigures:
+def summarise(target: str, size: str, resources: int, clients: int, result: RoundResult) -> CellFigures:
     """Turn merged rounds into the figures of one table row."""
     latencies = sorted(result.latencies_ns)
     count = len(latencies)
     return CellFigures(
         target=target, size=size, resources=resources, clients=clients, requests=count, errors=result.errors,
-        throughput_rps=result.completed_in_window / seconds if seconds else 0.0,
+        throughput_rps=result.completed_in_window / result.window_seconds if result.window_seconds else 0.0,
         p50_ms=percentile(latencies, 0.50) / 1e6, p99_ms=percentile(latencies, 0.99) / 1e6,
         mean_ms=(sum(latencies) / count / 1e6) if count else float("nan"),
     )
 
 
-def build_payloads(seed: int, anchor: Any) -> tuple[dict[str, Payload], dict[str, bytes]]:
-    """The requests of every size (a few patients each), ready for the load generator."""
+def build_payloads(seed: int, anchor: date) -> tuple[dict[str, Payload], dict[str, list[bytes]]]:
+    """The requests of every size (a few patients each), ready for the load generator, and the raw bodies."""
     payloads: dict[str, Payload] = {}
-    samples: dict[str, bytes] = {}
+    bodies: dict[str, list[bytes]] = {}
     for size_name, resources in generate.SIZES.items():
-        bodies = [generate.encode(generate.build_request(resources, seed=seed, variant=variant, anchor=anchor))
-                  for variant in range(VARIANTS_PER_SIZE)]
-        payloads[size_name] = Payload.from_bodies(SERVICE_PATH, bodies, resources)
-        samples[size_name] = bodies[0]
-    return payloads, samples
+        bodies[size_name] = [
+            generate.encode(generate.build_request(resources, seed=seed, variant=variant, anchor=anchor))
+            for variant in range(VARIANTS_PER_SIZE)
+        ]
+        payloads[size_name] = Payload.from_bodies(SERVICE_PATH, bodies[size_name], resources)
+    return payloads, bodies
 
 
-def check_answers(servers: dict[str, Server], samples: dict[str, bytes]) -> dict[str, Any]:
-    """Each target must answer each request size with 200 and a cards list; returns what the service said."""
+def check_answers(servers: dict[str, Server], bodies: dict[str, list[bytes]]) -> dict[str, Any]:
+    """Every target must answer every request with 200 and a cards list; returns what the service said.
+
+    A benchmark of error responses would measure the wrong code path, so this runs before any timing.
+    """
     seen: dict[str, Any] = {}
     for name, server in servers.items():
-        for size_name, body in samples.items():
-            status, answer = http_call(server.port, "POST", SERVICE_PATH, body)
-            if status != 200:
-                raise BenchmarkError(f"{name} answered the {size_name} request with HTTP {status}: {answer[:2000]!r}")
-            try:
-                cards = json.loads(answer)["cards"]
-            except (ValueError, KeyError, TypeError):
-                raise BenchmarkError(f"{name}: the {size_name} answer is not a CDS Hooks response: "
-                                     f"{answer[:500]!r}") from None
-            if name == "service":
-                seen[size_name] = {"cards": len(cards), "summaries": [card.get("summary") for card in cards],
-                                   "bytes": len(answer)}
+        for size_name, variants in bodies.items():
+            for variant, body in enumerate(variants):
+                status, answer = http_call(server.port, "POST", SERVICE_PATH, body)
+                if status != 200:
+                    raise BenchmarkError(f"{name} answered the {size_name} request (variant {variant}) with "
+                                         f"HTTP {status}: {answer[:2000]!r}")
+                try:
+                    cards = json.loads(answer)["cards"]
+                except (ValueError, KeyError, TypeError):
+                    raise BenchmarkError(f"{name}: the {size_name} answer is not a CDS Hooks response: "
+                                         f"{answer[:500]!r}") from None
+                if name == "service":
+                    seen[f"{size_name}/{variant}"] = {
+                        "cards": len(cards), "summaries": [card.get("summary") for card in cards],
+                        "bytes": len(answer)}
     return seen
 
 
@@ -343,6 +351,11 @@ def measure(servers: dict[str, Server], payloads: dict[str, Payload], plan: Plan
     figures: list[CellFigures] = []
     clients = max(clients for _, clients in plan.cells)
     with LoadGenerator(clients) as generator:
+        # Untimed: every worker and thread of both servers sees every request size once before measuring
+        # (first requests pay for lazy imports and caches), and every client opens its connections.
+        for size_name in dict.fromkeys(size for size, _ in plan.cells):
+            for server in servers.values():
+                generator.run_round(server.port, payloads[size_name], clients, 0.3)
         for size_name, concurrency in plan.cells:
             payload = payloads[size_name]
             seconds = plan.round_seconds[size_name]
@@ -352,7 +365,7 @@ def measure(servers: dict[str, Server], payloads: dict[str, Payload], plan: Plan
                 for name in order:
                     merged[name].merge(generator.run_round(servers[name].port, payload, concurrency, seconds))
             for name, result in merged.items():
-                cell = summarise(name, size_name, payload.resources, concurrency, result, seconds * plan.rounds)
+                cell = summarise(name, size_name, payload.resources, concurrency, result)
                 if result.errors:
                     raise BenchmarkError(f"{name}, {size_name} x {concurrency}: {result.errors} failed requests "
                                          f"(first: {result.first_error})\n{servers[name].log_tail()}")
@@ -368,6 +381,8 @@ def measure(servers: dict[str, Server], payloads: dict[str, Payload], plan: Plan
 
 @dataclass(frozen=True)
 class Check:
+    """One budget: what was measured, the limit, and whether it holds."""
+
     name: str
     measured: float
     limit: float
@@ -454,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = SHORT_PLAN if args.short else FULL_PLAN
     budgets = Budgets().relaxed() if args.short else Budgets()
     anchor = datetime.now(UTC).date()  # keeps the record "ten weeks into the episode" for the real clock
-    payloads, samples = build_payloads(args.seed, anchor)
+    payloads, bodies = build_payloads(args.seed, anchor)
     settings = service_server_settings(args.workers)
 
     servers: dict[str, Server] = {}
@@ -483,9 +498,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"service: {' '.join(command)} ({mode})\nserver settings (both): {asdict(settings)}\n"
                   f"plan: {'short' if args.short else 'full'}, {plan.rounds} interleaved rounds per cell",
                   flush=True)
-            answers = check_answers(servers, samples)
-            for size_name, answer in answers.items():
-                print(f"service answer, {size_name}: {answer['cards']} card(s) {answer['summaries']}")
+            answers = check_answers(servers, bodies)
+            summaries = sorted({summary for answer in answers.values() for summary in answer["summaries"]})
+            print("service answers (cards per request variant): " + ", ".join(
+                f"{size_name} {[answers[f'{size_name}/{variant}']['cards'] for variant in range(VARIANTS_PER_SIZE)]}"
+                for size_name in bodies) + "".join(f"\n  card: {summary}" for summary in summaries))
             figures = measure(servers, payloads, plan, sys.stdout)
             memory = {name: server.worker_peak_rss_kib() for name, server in servers.items()}
         except BenchmarkError as error:

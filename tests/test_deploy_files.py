@@ -144,15 +144,22 @@ def test_settings_come_from_a_config_map_and_a_secret(container: dict[str, Any],
 
 
 def test_trusted_clients_file_is_mounted_where_the_setting_points(
-        container: dict[str, Any], deployment: dict[str, Any], objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        container: dict[str, Any], deployment: dict[str, Any], objects: dict[tuple[str, str], dict[str, Any]],
+        tmp_path: Path) -> None:
     path = Path(objects[("ConfigMap", "cds-service-config")]["data"]["CDS_TRUSTED_CLIENTS"])
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
     volume = volumes[mounts[str(path.parent)]]
     clients_map = objects[("ConfigMap", volume["configMap"]["name"])]
     assert path.name in clients_map["data"]
-    clients = yaml.safe_load(clients_map["data"][path.name])  # JSON is YAML
-    assert all({"iss", "fhir_servers"} <= set(client) for client in clients)
+    # The file the pods will read loads with the service's own loader.
+    from cds_service.security import load_trusted_clients
+
+    clients_file = tmp_path / path.name
+    clients_file.write_text(clients_map["data"][path.name])
+    clients = load_trusted_clients(str(clients_file))
+    assert clients and all(client.jwks_url and client.jwks_url.startswith("https://") for client in clients)
+    assert all(server.startswith("https://") for client in clients for server in client.fhir_servers)
 
 
 def test_dockerfile_habits() -> None:
