@@ -18,25 +18,23 @@ from cds_service.service import HookServices
 from cds_service.settings import Settings, settings_from_env
 
 
-@lru_cache(maxsize=1)
-def _services() -> HookServices:
-    settings = settings_from_env()
-    return _build(settings)
+@lru_cache(maxsize=4)
+def _services(settings: Settings) -> HookServices:
+    # Built once per distinct settings: definitions, knowledge and engines are the expensive part.
+    data_source = FhirDataSource(total_timeout=settings.fhir_timeout)
+    return HookServices(load_registry(settings.hooks_dir), settings, data_source)
 
 
-def _build(settings: Settings) -> HookServices:
-    return HookServices(
-        load_registry(settings.hooks_dir), settings, FhirDataSource(total_timeout=settings.fhir_timeout)
-    )
-
-
-def evaluate_request(body: Any, *, now: datetime, service_id: str | None = None) -> dict[str, Any]:
+def evaluate_request(
+    body: Any, *, now: datetime, service_id: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Evaluate a request body at ``now`` and return the response JSON (as the service would send it).
 
-    The service is ``service_id`` or the first one that answers the request's ``hook``.
-    Raises the same typed errors as the HTTP service (BadRequest, PreconditionFailed ...).
+    The service is ``service_id`` or the first one that answers the request's ``hook``; ``settings``
+    default to the ``CDS_*`` environment. Raises the same typed errors as the HTTP service
+    (BadRequest, PreconditionFailed ...).
     """
-    services = _services()
+    services = _services(settings or settings_from_env())
     if service_id is not None:
         definition = services.registry.get(service_id)
         if definition is None:

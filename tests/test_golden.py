@@ -140,9 +140,11 @@ def _evaluated(name: str) -> tuple[int, str]:
     # Imported here, so that the request checks run without the engine.
     from cds_service.errors import CdsError
     from cds_service.offline import evaluate_request
+    from cds_service.settings import Settings
 
     try:
-        return 200, json.dumps(evaluate_request(_request(name), now=_now(name)))
+        # Golden responses are for the default settings, whatever CDS_* variables this test run has.
+        return 200, json.dumps(evaluate_request(_request(name), now=_now(name), settings=Settings()))
     except CdsError as exc:
         return exc.status, json.dumps(exc.to_operation_outcome())
 
