@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.errors import CdsError, ConfigurationError
+from cds_service.urls import is_loopback_host
 
 log = logging.getLogger("cds_service.cli")
 
@@ -47,20 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve(host: str, port: int, workers: int, threads: int) -> int:
     from cds_service.settings import settings_from_env
 
     settings = settings_from_env()
-    if settings.open_mode and not _is_loopback(host) and not settings.allow_open:
+    if settings.open_mode and not is_loopback_host(host) and not settings.allow_open:
         print(
             f"cds-service: refusing to bind {host}: no trusted clients are configured (CDS_TRUSTED_CLIENTS), so "
             "anyone who can reach the port could send patient data and make the service call FHIR servers. "

@@ -24,7 +24,6 @@ request (the clinical engine decides what it can still say).
 from __future__ import annotations
 
 import http.cookiejar
-import ipaddress
 import logging
 import random
 import re
@@ -44,6 +43,7 @@ from requests.adapters import HTTPAdapter
 
 from cds_service.protocol.request import HookRequest
 from cds_service.record import PatientRecord, Resource
+from cds_service.urls import is_loopback_host
 
 __all__ = ["FetchOutcome", "FhirDataSource", "is_allowed_server", "normalise_base_url", "render_template"]
 
@@ -123,15 +123,6 @@ def normalise_base_url(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def is_allowed_server(url: str | None, allowed: Collection[str]) -> bool:
     """True when ``url`` (a request's ``fhirServer``) may be called.
 
@@ -149,7 +140,7 @@ def is_allowed_server(url: str | None, allowed: Collection[str]) -> bool:
     if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
         return False
     scheme, host, _port = _origin(parts)
-    if scheme != "https" and not _is_loopback_host(host):
+    if scheme != "https" and not is_loopback_host(host):
         return False
     return candidate in _normalised_allowed(tuple(allowed))
 

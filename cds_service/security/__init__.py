@@ -10,9 +10,10 @@ Public API (see README.md in this package for the verification order and the att
 """
 
 from cds_service.security.authenticator import ClientAuthenticator, build_authenticator, expected_audience
-from cds_service.security.clients import TrustedClient, is_loopback_url, load_trusted_clients
+from cds_service.security.clients import TrustedClient, load_trusted_clients
 from cds_service.security.jwks import JwksCache
 from cds_service.security.keys import ALLOWED_ALGORITHMS, VerificationKey
+from cds_service.urls import is_loopback_url
 from cds_service.security.replay import (
     InProcessReplayCache,
     RedisReplayCache,

@@ -14,7 +14,6 @@ Keys starting with ``_`` (such as ``_comment``) are ignored; any other unknown k
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from cds_service.errors import ConfigurationError
 from cds_service.security.keys import JwksFormatError, parse_jwks, private_members_in
+from cds_service.urls import is_loopback_url
 
 KNOWN_CLIENT_KEYS: frozenset[str] = frozenset({"iss", "jwks_url", "jwks", "fhir_servers", "tenant"})
 
@@ -46,19 +46,6 @@ class TrustedClient:
         """
         wanted = _without_trailing_slash(fhir_server)
         return any(_without_trailing_slash(allowed) == wanted for allowed in self.fhir_servers)
-
-
-def is_loopback_url(url: str) -> bool:
-    """True when the URL's host is ``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
-    host = urlsplit(url).hostname
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_trusted_clients(path: str) -> tuple[TrustedClient, ...]:
@@ -106,9 +93,9 @@ def _parse_client(path: str, position: int, entry: Any) -> TrustedClient:
         raise ConfigurationError(f"{where}: expected an object, found {_json_type(entry)}")
     iss = entry.get("iss")
     if not isinstance(iss, str) or not iss.strip():
-        raise ConfigurationError(f"{where}: missing \"iss\" (the issuer the client puts in its JWTs)")
+        raise ConfigurationError(f'{where}: missing "iss" (the issuer the client puts in its JWTs)')
     if iss != iss.strip():
-        raise ConfigurationError(f"{where}: \"iss\" {iss!r} has surrounding white space")
+        raise ConfigurationError(f'{where}: "iss" {iss!r} has surrounding white space')
     where = f"{path}: client #{position} ({iss})"
 
     unknown = sorted(key for key in entry if key not in KNOWN_CLIENT_KEYS and not key.startswith("_"))
@@ -121,23 +108,23 @@ def _parse_client(path: str, position: int, entry: Any) -> TrustedClient:
     jwks_url = entry.get("jwks_url")
     jwks = entry.get("jwks")
     if jwks_url is None and jwks is None:
-        raise ConfigurationError(f"{where}: needs \"jwks_url\" or \"jwks\" (where its public keys are)")
+        raise ConfigurationError(f'{where}: needs "jwks_url" or "jwks" (where its public keys are)')
     if jwks_url is not None:
         if not isinstance(jwks_url, str):
-            raise ConfigurationError(f"{where}: \"jwks_url\" must be a string")
+            raise ConfigurationError(f'{where}: "jwks_url" must be a string')
         _check_url(where, "jwks_url", jwks_url)
     if jwks is not None:
         jwks = _checked_inline_jwks(where, jwks)
 
     fhir_servers = entry.get("fhir_servers", [])
     if not isinstance(fhir_servers, list) or not all(isinstance(url, str) for url in fhir_servers):
-        raise ConfigurationError(f"{where}: \"fhir_servers\" must be a list of FHIR base URLs")
+        raise ConfigurationError(f'{where}: "fhir_servers" must be a list of FHIR base URLs')
     for url in fhir_servers:
         _check_url(where, "fhir_servers", url)
 
     tenant = entry.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not tenant):
-        raise ConfigurationError(f"{where}: \"tenant\" must be a non-empty string when present")
+        raise ConfigurationError(f'{where}: "tenant" must be a non-empty string when present')
 
     return TrustedClient(
         iss=iss,
@@ -150,17 +137,17 @@ def _parse_client(path: str, position: int, entry: Any) -> TrustedClient:
 
 def _checked_inline_jwks(where: str, jwks: Any) -> Mapping[str, Any]:
     if not isinstance(jwks, dict):
-        raise ConfigurationError(f"{where}: \"jwks\" must be a JWK Set object ({{\"keys\": [...]}})")
+        raise ConfigurationError(f'{where}: "jwks" must be a JWK Set object ({{"keys": [...]}})')
     private = private_members_in(jwks)
     if private:
         # Someone pasted a key pair: refuse rather than keep a private key in a config file.
         raise ConfigurationError(
-            f"{where}: \"jwks\" key {private[0]} contains private key material; configure public keys only"
+            f'{where}: "jwks" key {private[0]} contains private key material; configure public keys only'
         )
     try:
         parse_jwks(jwks, source=where)
     except JwksFormatError as error:
-        raise ConfigurationError(f"{where}: \"jwks\": {error}") from None
+        raise ConfigurationError(f'{where}: "jwks": {error}') from None
     return MappingProxyType(jwks)
 
 
