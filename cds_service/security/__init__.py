@@ -13,13 +13,13 @@ from cds_service.security.authenticator import ClientAuthenticator, build_authen
 from cds_service.security.clients import TrustedClient, load_trusted_clients
 from cds_service.security.jwks import JwksCache
 from cds_service.security.keys import ALLOWED_ALGORITHMS, VerificationKey
-from cds_service.urls import is_loopback_url
 from cds_service.security.replay import (
     InProcessReplayCache,
     RedisReplayCache,
     ReplayCache,
     ReplayCacheError,
 )
+from cds_service.urls import is_loopback_url
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
