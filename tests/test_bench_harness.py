@@ -36,7 +36,8 @@ def _figures(*, typical_p50: float = 4.0, typical_p99: float = 30.0, service_rps
              ceiling_rps: float = 1000.0, medium_p50: float = 7.0, large_p50: float = 60.0) -> list[Any]:
     def row(target: str, size: str, resources: int, clients: int, rps: float, p50: float, p99: float) -> Any:
         return run.CellFigures(target=target, size=size, resources=resources, clients=clients, requests=100,
-                               errors=0, throughput_rps=rps, p50_ms=p50, p99_ms=p99, mean_ms=p50)
+                               errors=0, throughput_rps=rps, p50_ms=p50, p99_ms=p99, mean_ms=p50,
+                               best_round_p50_ms=p50)
 
     return [
         row("service", "typical", 50, 1, 200.0, typical_p50, typical_p50 * 2),
@@ -52,6 +53,20 @@ def _figures(*, typical_p50: float = 4.0, typical_p99: float = 30.0, service_rps
 
 def _failed(checks: list[Any]) -> set[str]:
     return {check.name for check in checks if not check.passed}
+
+
+def test_cell_figures_merge_rounds_and_keep_the_best_round_p50() -> None:
+    from array import array
+
+    def round_of(latencies_ms: list[float], completed: int) -> Any:
+        return loadgen.RoundResult(latencies_ns=array("q", [int(ms * 1e6) for ms in latencies_ms]),
+                                   completed_in_window=completed, window_seconds=1.0)
+
+    figures = run.summarise("service", "typical", 50, 1, [round_of([4, 5, 6], 3), round_of([2, 3, 30], 3)])
+    assert figures.requests == 6 and figures.throughput_rps == 3.0
+    assert figures.p50_ms == 4.0  # nearest rank over all six: 2 3 4 5 6 30
+    assert figures.best_round_p50_ms == 3.0
+    assert figures.p99_ms == 30.0
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -45,6 +45,9 @@ from tests.clinical_builders import (
     sciatica,
 )
 
+# The ACR category translation's own code system (knowledge cards.json), never the ACR page URL.
+ACR_CATEGORY_SYSTEM = "http://lumbar-imaging-cds.example.org/fhir/CodeSystem/acr-appropriateness-category"
+
 
 @pytest.fixture(scope="module")
 def engine() -> ClinicalEngine:
@@ -152,7 +155,11 @@ def test_rating_is_an_update_that_only_adds_the_pama_extensions(engine: Clinical
     assert rating["url"] == PAMA_RATING_URL
     codings = rating["valueCodeableConcept"]["coding"]
     assert (codings[0]["system"], codings[0]["code"]) == (PAMA_RATING_SYSTEM, "appropriate")
-    assert (codings[1]["code"], codings[1]["display"]) == ("UA", "Usually appropriate")
+    assert codings[1] == {
+        "system": ACR_CATEGORY_SYSTEM,
+        "code": "usually-appropriate",
+        "display": "Usually appropriate",
+    }
     assert consult["url"] == PAMA_CONSULT_ID_URL and consult["valueUri"].startswith("urn:uuid:")
     assert applied == {"url": PAMA_AUC_APPLIED_URL, "valueUri": "https://acsearch.acr.org/docs/69483/Narrative/"}
     assert evaluation.ratings[0].rating == "appropriate"
@@ -163,9 +170,9 @@ def test_rating_is_an_update_that_only_adds_the_pama_extensions(engine: Clinical
 def test_may_be_appropriate_rates_appropriate_with_its_category(engine: ClinicalEngine) -> None:
     evaluation = engine.evaluate(request(draft_service_request("72131")), record(sciatica(), naproxen_trial()), now=NOW)
     codings = (evaluation.response.system_actions[0].resource or {})["extension"][0]["valueCodeableConcept"]["coding"]
-    assert [(c["code"], c["display"]) for c in codings] == [
-        ("appropriate", "Appropriate"),
-        ("MBA", "May be appropriate"),
+    assert [(c["system"], c["code"], c["display"]) for c in codings] == [
+        (PAMA_RATING_SYSTEM, "appropriate", "Appropriate"),
+        (ACR_CATEGORY_SYSTEM, "may-be-appropriate", "May be appropriate"),
     ]
 
 
@@ -228,7 +235,8 @@ def test_converted_order_is_complete_and_keeps_its_identity(engine: ClinicalEngi
     assert all(c["display"] for c in resource["code"]["coding"])
     assert resource["priority"] == "routine"
     ratings = [e for e in resource["extension"] if e["url"] == PAMA_RATING_URL]
-    assert ratings[0]["valueCodeableConcept"]["coding"][1]["code"] == "UA"  # the new order's own rating
+    # the new order's own rating
+    assert ratings[0]["valueCodeableConcept"]["coding"][1]["code"] == "usually-appropriate"
 
 
 def test_created_mri_is_ready_to_sign(engine: ClinicalEngine) -> None:
@@ -252,7 +260,7 @@ def test_created_mri_is_ready_to_sign(engine: ClinicalEngine) -> None:
     assert resource["supportingInfo"] == [{"reference": f"MedicationStatement/{ibuprofen['id']}"}]
     notes = " ".join(n["text"] for n in resource["note"])
     assert "ibuprofen 600 mg three times daily" in notes and "2026-09-15" in notes and "(4 weeks)" in notes
-    assert "sagittal and axial T1- and T2-weighted sequences plus a fat-suppressed sequence, 1.5 T or higher" in notes
+    assert f"Protocol: {load_knowledge().mri_protocol}" in notes  # the knowledge base's protocol, not a copy
 
 
 def test_cauda_equina_urgent_mri_is_stat_and_cites_the_condition(engine: ClinicalEngine) -> None:

@@ -1,9 +1,9 @@
 """Card rendering: a Decision in, CDS Hooks response objects out (PRODUCT.md §2.4, §3.5).
 
 Every word a clinician reads comes from data: the card texts of the knowledge base
-(``Knowledge.card_texts``, i.e. ``cds_service/knowledge/cards.json``) and the renderer's terms
-(``terms.json`` next to this module, overridable by ``card_texts["terms"]``). This module only decides
-*which* text, *which* evidence and *which* actions.
+(``Knowledge.card_texts``, i.e. ``cds_service/knowledge/cards.json``, with the renderer's words in its
+``terms`` section), and every code a suggested order carries comes from the knowledge base's procedure
+codes. This module only decides *which* text, *which* evidence and *which* actions.
 
 Identifiers are deterministic so that golden files are byte-stable: card, suggestion and action uuids are
 ``uuid5(NAMESPACE, f"{hook_instance}|{purpose}|{order}")``; the PAMA consult id is ``urn:uuid:`` +
@@ -13,12 +13,10 @@ Identifiers are deterministic so that golden files are byte-stable: card, sugges
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from typing import Any
 
 from cds_service.clinical.decision import (
@@ -31,9 +29,18 @@ from cds_service.clinical.decision import (
     TherapyAssessment,
     rate,
 )
-from cds_service.clinical.facts import ClinicalFacts, CodeRef, DraftOrder, Finding, MedicationCourse
+from cds_service.clinical.facts import (
+    ClinicalFacts,
+    CodeRef,
+    DraftOrder,
+    Finding,
+    MedicationCourse,
+    UncountedMedication,
+)
 from cds_service.errors import ConfigurationError
-from cds_service.knowledge import AcrCategory, Thresholds
+from cds_service.knowledge import AcrCategory, Knowledge, Thresholds
+from cds_service.knowledge.loader import TERM_SECTIONS
+from cds_service.knowledge.systems import CPT, LOINC, coding_key
 from cds_service.protocol.response import Action, Card, Coding, Link, Source, Suggestion
 
 # Fixed namespace of every deterministic id this service mints (uuid5 of the service's own URN).
@@ -46,46 +53,14 @@ PAMA_AUC_APPLIED_URL = "http://fhir.org/argonaut/Extension/pama-rating-auc-appli
 _PAMA_URLS = frozenset({PAMA_RATING_URL, PAMA_CONSULT_ID_URL, PAMA_AUC_APPLIED_URL})
 # A card lists at most this many therapy items of each kind (the most recent): a long history must stay readable.
 MAX_EVIDENCE_ITEMS = 8
-IMAGING_CATEGORY = {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}
-
-# What a suggested order is coded with: CPT and LOINC codes of the knowledge base (procedures.json). The engine
-# checks at start-up that each maps back to its key, so the two cannot drift apart.
-ORDERABLE_CODINGS: Mapping[str, tuple[Mapping[str, str], ...]] = {
-    "MR_LSPINE_WO": (
-        {
-            "system": "http://www.ama-assn.org/go/cpt",
-            "code": "72148",
-            "display": "Magnetic resonance (eg, proton) imaging, spinal canal and contents, lumbar; "
-            "without contrast material",
-        },
-        {"system": "http://loinc.org", "code": "30679-5", "display": "MR Lumbar spine WO contrast"},
-    ),
-    "MR_LSPINE_WWO": (
-        {
-            "system": "http://www.ama-assn.org/go/cpt",
-            "code": "72158",
-            "display": "Magnetic resonance (eg, proton) imaging, spinal canal and contents, lumbar; "
-            "without contrast material, followed by contrast material(s) and further sequences",
-        },
-        {"system": "http://loinc.org", "code": "24967-2", "display": "MR Lumbar spine WO and W contrast IV"},
-    ),
-    "CT_LSPINE_WO": (
-        {
-            "system": "http://www.ama-assn.org/go/cpt",
-            "code": "72131",
-            "display": "Computed tomography, lumbar spine; without contrast material",
-        },
-        {"system": "http://loinc.org", "code": "30620-9", "display": "CT Lumbar spine WO contrast"},
-    ),
-    "XR_LSPINE": (
-        {
-            "system": "http://www.ama-assn.org/go/cpt",
-            "code": "72100",
-            "display": "Radiologic examination, spine, lumbosacral; 2 or 3 views",
-        },
-    ),
-    "CT_MYELO_LSPINE": ({"system": "http://loinc.org", "code": "24965-6", "display": "CT Lumbar spine W contrast IT"},),
-}
+# The procedures a suggestion can order, and the code systems such an order is coded in: the first CPT and the first
+# LOINC code the knowledge base holds for the key (procedures.json; CPT first), so that an order the service writes
+# always maps back to the same key. MRI without contrast uses the knowledge base's own suggested-order codings.
+SUGGESTED_PROCEDURE_KEYS: tuple[str, ...] = (
+    "MR_LSPINE_WO", "MR_LSPINE_WWO", "CT_LSPINE_WO", "XR_LSPINE", "CT_MYELO_LSPINE",
+)  # fmt: skip
+ORDER_CODE_SYSTEMS: tuple[str, ...] = (CPT, LOINC)
+MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
 
 # The suggestions each card kind may offer (names in the card texts); checked at start-up.
 SUGGESTIONS_OF_CARD: Mapping[ConcernKind, tuple[str, ...]] = {
@@ -115,10 +90,6 @@ _THERAPY_EVIDENCE_CARDS = frozenset(
         "data_missing",
     }
 )
-_TERMS_KEYS = (
-    "procedures", "ratings", "categories", "rating_action", "rating_action_no_category", "order_kinds",
-    "missing_types", "missing_many", "evidence", "concerns", "order_notes", "cards", "durations", "concepts",
-)  # fmt: skip
 
 
 class _Keep(dict[str, str]):
@@ -137,12 +108,6 @@ def _section(texts: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _load_terms() -> dict[str, Any]:
-    text = resources.files("cds_service.clinical").joinpath("terms.json").read_text(encoding="utf-8")
-    terms: dict[str, Any] = json.loads(text)
-    return terms
-
-
 @dataclass(frozen=True)
 class CardTexts:
     """The card wording (knowledge card texts plus renderer terms), checked once at start-up."""
@@ -156,7 +121,8 @@ class CardTexts:
     placeholder_limits: Mapping[str, int]
     phrases: Mapping[str, str]
     terms: Mapping[str, Any]
-    extra_cards: Mapping[str, Mapping[str, Any]]  # card texts the knowledge base does not have yet
+    acr_category_codings: Mapping[str, Coding]  # ACR category (UA, MBA, UNA) -> its coding in the pama-rating
+    extra_cards: Mapping[str, Mapping[str, Any]]  # card texts outside SUGGESTIONS_OF_CARD (data_missing_rated)
 
     @classmethod
     def from_mapping(cls, texts: Mapping[str, Any]) -> CardTexts:
@@ -184,13 +150,21 @@ class CardTexts:
             missing.extend(
                 f"override_reasons.{code}" for code in card.get("override_reasons") or () if code not in reason_names
             )
-        terms = dict(_load_terms())
-        overrides = texts.get("terms")
-        if isinstance(overrides, Mapping):
-            for key, value in overrides.items():
-                merged = terms.get(key)
-                terms[key] = {**merged, **value} if isinstance(merged, dict) and isinstance(value, Mapping) else value
-        missing.extend(f"terms.{key}" for key in _TERMS_KEYS if key not in terms)
+        terms = _section(texts, "terms")
+        missing.extend(f"terms.{key}" for key in TERM_SECTIONS if key not in terms)
+        category_coding = _section(texts, "acr_category_coding")
+        category_concepts = _section(category_coding, "concepts")
+        if not isinstance(category_coding.get("system"), str):
+            missing.append("acr_category_coding.system")
+        for category in ("UA", "MBA", "UNA"):
+            concept = _section(category_concepts, category)
+            missing.extend(
+                f"acr_category_coding.concepts.{category}.{member}"
+                for member in ("code", "display")
+                if not isinstance(concept.get(member), str)
+            )
+        if not isinstance(cards.get("data_missing_rated"), Mapping):
+            missing.append("cards.data_missing_rated")
         if missing:
             raise ConfigurationError("knowledge card texts: missing " + ", ".join(missing))
         references = _section(texts, "references")
@@ -216,7 +190,12 @@ class CardTexts:
             },
             phrases={str(k): str(v) for k, v in phrases.items()},
             terms=terms,
-            extra_cards={**_section(terms, "cards"), **{k: v for k, v in cards.items() if k == "data_missing_rated"}},
+            acr_category_codings={
+                category: Coding(str(category_coding["system"]), str(concept["code"]), str(concept["display"]))
+                for category, concept in category_concepts.items()
+                if isinstance(concept, Mapping)
+            },
+            extra_cards={"data_missing_rated": cards["data_missing_rated"]},
         )
 
 
@@ -230,6 +209,28 @@ class RenderContext:
     encounter_id: str | None
     user_id: str | None
     today: date
+
+
+def orderable_codings(knowledge: Knowledge) -> Mapping[str, tuple[tuple[str, str, str], ...]]:
+    """``(system, code, display)`` a suggested order of each procedure key is coded with (built once per engine).
+
+    MRI without contrast: the knowledge base's suggested-order codings (CPT 72148, LOINC 30679-5). Any other key:
+    its first CPT and first LOINC code. Raises ConfigurationError when a suggested procedure has no such code.
+    """
+    codings: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    for key in SUGGESTED_PROCEDURE_KEYS:
+        if key == MRI_WITHOUT_CONTRAST:
+            chosen = knowledge.mri_without_contrast_codings()
+        else:
+            known = knowledge.procedure_codings(key)
+            first_of_system: dict[str, tuple[str, str, str]] = {}
+            for coding in known:
+                first_of_system.setdefault(coding[0], coding)
+            chosen = tuple(first_of_system[system] for system in ORDER_CODE_SYSTEMS if system in first_of_system)
+        if not chosen:
+            raise ConfigurationError(f"knowledge: no CPT or LOINC code for the suggested procedure {key}")
+        codings[key] = chosen
+    return codings
 
 
 def uuid_for(hook_instance: str, purpose: str, order: str) -> str:
@@ -250,6 +251,7 @@ class CardRenderer:
         texts: CardTexts,
         thresholds: Thresholds,
         acr_category: Callable[[str, int], AcrCategory | None],
+        knowledge: Knowledge,
     ) -> None:
         self._texts = texts
         self._terms = texts.terms
@@ -257,6 +259,11 @@ class CardRenderer:
         self._thresholds = thresholds
         self._acr_category = acr_category
         self._sources = {kind: self._source(kind) for kind in SUGGESTIONS_OF_CARD}
+        self._orderable_codings = orderable_codings(knowledge)
+        self._mri_keys = frozenset(
+            key for key in SUGGESTED_PROCEDURE_KEYS if knowledge.procedure_info(key).modality == "MR"
+        )
+        self._mri_protocol = knowledge.mri_protocol
 
     # ----------------------------------------------------------------------------------------- rendering
     def render(
@@ -278,10 +285,7 @@ class CardRenderer:
             {"system": PAMA_RATING_SYSTEM, "code": rating.code, "display": self._terms["ratings"][rating.code]}
         ]
         if rating.category is not None:
-            category_words = str(self._terms["categories"][rating.category])
-            codings.append(
-                {"system": self._texts.source_url, "code": rating.category, "display": category_words.capitalize()}
-            )
+            codings.append(self._texts.acr_category_codings[rating.category].to_json())
         return [
             {"url": PAMA_RATING_URL, "valueCodeableConcept": {"coding": codings}},
             {"url": PAMA_CONSULT_ID_URL, "valueUri": consult},
@@ -438,17 +442,7 @@ class CardRenderer:
             ]
         if concern.kind in ("mr_implant", "contrast_safety", "pregnancy"):
             return [self._finding_line(f) for f in concern.findings]
-        lines: list[str] = []
-        if facts.episode.findings:
-            first = min(facts.episode.findings, key=lambda f: f.recorded or date.max)
-            lines.append(
-                _fill(
-                    self._evidence["symptoms"],
-                    label=self._label(first),
-                    onset=self._date(facts.episode.onset),
-                    duration=self._duration(therapy.symptom_weeks),
-                )
-            )
+        lines = self._episode_lines(facts, therapy)
         long_term = {course.reference: course for course in therapy.long_term_steroids}
         for finding in concern.findings:
             course = long_term.get(finding.reference)
@@ -461,7 +455,48 @@ class CardRenderer:
             lines.append(self._texts.phrases["long_term_steroids"])
         if concern.kind in _THERAPY_EVIDENCE_CARDS:
             lines.extend(self.therapy_lines(therapy))
+            lines.extend(self._uncounted_lines(facts))
         return lines
+
+    def _episode_lines(self, facts: ClinicalFacts, therapy: TherapyAssessment) -> list[str]:
+        """Every back pain, sciatica, radiculopathy, disc or stenosis condition on record, earliest first.
+
+        The earliest carries the episode's length. A condition is listed once, however many of these concepts its
+        codes match; two conditions with the same words and date read as one line.
+        """
+        by_reference: dict[str, Finding] = {}
+        for finding in sorted(facts.episode.findings, key=lambda f: f.recorded or date.max):
+            by_reference.setdefault(finding.reference, finding)
+        lines: list[str] = []
+        for index, finding in enumerate(by_reference.values()):
+            if index == 0:
+                line = _fill(
+                    self._evidence["symptoms"],
+                    label=self._label(finding),
+                    onset=self._date(facts.episode.onset),
+                    duration=self._duration(therapy.symptom_weeks),
+                )
+            else:
+                line = _fill(
+                    self._evidence["symptoms_more"], label=self._label(finding), onset=self._date(finding.recorded)
+                )
+            if line not in lines:
+                lines.append(line)
+        return lines
+
+    def _uncounted_lines(self, facts: ClinicalFacts) -> list[str]:
+        """One line per NSAID or corticosteroid found but not counted as a trial, and why (most recent items)."""
+        items: list[UncountedMedication] = sorted(facts.uncounted_medications, key=lambda m: m.start or date.min)
+        lines = [
+            _fill(
+                self._evidence["not_counted"],
+                drug=_capitalised(item.label),
+                date=self._date(item.start),
+                reason=self._terms["not_counted"][item.reason],
+            )
+            for item in items[-MAX_EVIDENCE_ITEMS:]
+        ]
+        return list(dict.fromkeys(lines))
 
     def _finding_line(self, finding: Finding) -> str:
         if finding.concept == "advanced_age":
@@ -509,7 +544,7 @@ class CardRenderer:
         """Drug and dose, dates and length of one course, in the knowledge base's phrase for its kind."""
         phrases = self._texts.phrases
         name = {"trial": "nsaid_trial", "burst": "steroid_burst"}.get(course.kind, "steroid_prolonged")
-        drug = " ".join(part for part in (course.ingredient, course.dose_text) if part)
+        drug = _drug_words(course)
         if course.start is None:
             return _fill(self._evidence["nsaid_no_dates"], drug=drug)
         values = {
@@ -544,7 +579,7 @@ class CardRenderer:
         order = order_decision.order
         text = self._card_text(concern, order_decision)["suggestions"][proposal.purpose]
         purpose = f"{concern.kind}:{proposal.purpose}"
-        label = str(text["label"])
+        label = self._suggestion_label(proposal, order)
         description = _fill(str(text.get("description") or label), symptom_weeks=self._thresholds.symptom_weeks)
         action_uuid = uuid_for(context.hook_instance, f"action:{purpose}", order.reference)
         if proposal.action == "delete":
@@ -562,8 +597,31 @@ class CardRenderer:
             is_recommended=True if proposal.recommended else None,
         )
 
+    def _suggestion_label(self, proposal: Proposal, order: DraftOrder) -> str:
+        """The label of a suggestion: the same words for the same action, whatever the card.
+
+        "Change to <procedure>" for an update of the selected order, "Order <procedure>" for a new order and
+        "Remove <procedure> order" for a delete.
+        """
+        names = self._terms["procedures"]
+        if proposal.action == "delete" or proposal.purpose == "keep_urgent":
+            key = order.procedure_key  # the selected order itself
+        else:
+            key = proposal.procedure_key or MRI_WITHOUT_CONTRAST
+        # An order this service has no name for is still an imaging order: never "Remove  order".
+        procedure = str(names.get(key or "") or str(self._terms["order_category"]).lower())
+        if proposal.action != "delete" and proposal.priority == "stat":
+            procedure = _fill(self._terms["urgent_procedure"], procedure=procedure)
+        return _fill(self._terms["suggestion_labels"][proposal.action], procedure=procedure)
+
     def _code(self, key: str) -> dict[str, Any]:
-        return {"coding": [dict(c) for c in ORDERABLE_CODINGS[key]], "text": self._terms["procedures"][key]}
+        return {
+            "coding": [
+                {"system": system, "code": code, "display": display}
+                for system, code, display in self._orderable_codings[key]
+            ],
+            "text": self._terms["procedures"][key],
+        }
 
     def _rated_extensions(self, key: str, order_decision: OrderDecision, consult: str) -> list[dict[str, Any]]:
         """A suggested procedure carries its own pre-computed rating when the known facts determine it."""
@@ -586,17 +644,25 @@ class CardRenderer:
         notes = self._terms["order_notes"]
         lines = self.therapy_lines(therapy)
         therapy_note = _fill(notes["therapy"], therapy="; ".join(lines)) if lines else notes["no_therapy"]
+        order_notes = [{"text": therapy_note}]
+        if key in self._mri_keys:  # the MRI protocol (sequences, field strength) belongs on an MRI order only
+            order_notes.append({"text": _fill(notes["protocol"], protocol=self._mri_protocol)})
         return {
             "priority": proposal.priority,
             "code": self._code(key),
-            "reasonCode": [
-                {"coding": [{"system": c.system, "code": c.code, "display": c.display} for c in codes], "text": label}
-                for label, codes in reasons.values()
-                if codes
-            ],
+            "reasonCode": _unique_reasons(
+                [
+                    {
+                        "coding": [{"system": c.system, "code": c.code, "display": c.display} for c in codes],
+                        "text": label,
+                    }
+                    for label, codes in reasons.values()
+                    if codes
+                ]
+            ),
             "reasonReference": [{"reference": ref} for ref in reasons],
             "supportingInfo": [{"reference": ref} for ref in dict.fromkeys(supporting)],
-            "note": [{"text": therapy_note}, {"text": notes["protocol"]}],
+            "note": order_notes,
         }
 
     def _new_order(
@@ -616,7 +682,8 @@ class CardRenderer:
             "extension": self._rated_extensions(key, order_decision, consult),
             "status": "draft",
             "intent": "order",
-            "category": [{"coding": [dict(IMAGING_CATEGORY)]}],
+            # Text only: no verified code for "imaging" ships (reference/clinical.md), as in the converted order.
+            "category": [{"text": self._terms["order_category"]}],
             "subject": {"reference": f"Patient/{context.patient_id}"},
             "encounter": {"reference": f"Encounter/{context.encounter_id}"} if context.encounter_id else None,
             "requester": {"reference": context.user_id} if context.user_id and "/" in context.user_id else None,
@@ -649,6 +716,8 @@ class CardRenderer:
         for member in ("reasonCode", "reasonReference", "supportingInfo", "note"):
             existing = resource.get(member)
             resource[member] = _merge(existing if isinstance(existing, list) else [], fields[member])
+        # The draft's own reasons and the conditions on record often name the same concept in another order.
+        resource["reasonCode"] = _unique_reasons(resource["reasonCode"])
         resource["code"] = fields["code"]
         resource["priority"] = fields["priority"]
         return resource
@@ -668,6 +737,41 @@ def _merge(existing: list[Any], added: list[Any]) -> list[Any]:
     merged = list(existing)
     merged.extend(item for item in added if item not in merged)
     return merged
+
+
+def _reason_key(reason: Any) -> frozenset[tuple[str, str]] | None:
+    """The concept a reasonCode names: the set of its (system, normalised code) pairs; None without codes."""
+    if not isinstance(reason, Mapping) or not isinstance(reason.get("coding"), list):
+        return None
+    pairs: set[tuple[str, str]] = set()
+    for coding in reason["coding"]:
+        if not isinstance(coding, Mapping) or not isinstance(coding.get("code"), str):
+            continue
+        system = coding.get("system") if isinstance(coding.get("system"), str) else None
+        pairs.add(coding_key(system, coding["code"]) or (system or "", coding["code"].strip()))
+    return frozenset(pairs) or None
+
+
+def _unique_reasons(reasons: list[Any]) -> list[Any]:
+    """reasonCode entries with a concept listed once: the first of the entries with the same codings is kept."""
+    seen: set[frozenset[tuple[str, str]]] = set()
+    unique: list[Any] = []
+    for reason in reasons:
+        key = _reason_key(reason)
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        unique.append(reason)
+    return unique
+
+
+def _drug_words(course: MedicationCourse) -> str:
+    """Ingredient and dose text; the ingredient is left out when the dose text already starts with it."""
+    dose = course.dose_text or ""
+    if course.ingredient and dose.lower().startswith(course.ingredient.lower()):
+        return dose
+    return " ".join(part for part in (course.ingredient, dose) if part)
 
 
 def _bullets(lines: Sequence[str]) -> str:

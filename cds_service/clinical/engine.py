@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cds_service.clinical.cards import ORDERABLE_CODINGS, CardRenderer, CardTexts, RenderContext, consult_id
+from cds_service.clinical.cards import CardRenderer, CardTexts, RenderContext, consult_id
 from cds_service.clinical.decision import Decision, decide
 from cds_service.clinical.facts import Extraction
 from cds_service.clinical.fhir_io import FhirReader
@@ -87,10 +87,9 @@ class ClinicalEngine:
         self.knowledge = knowledge
         self.thresholds = thresholds
         self._texts = CardTexts.from_mapping(knowledge.card_texts)
-        self._check_orderables(knowledge)
         self._acr_table = self._build_acr_table(knowledge)
         self._reader = FhirReader(knowledge, thresholds)
-        self._renderer = CardRenderer(self._texts, thresholds, self._acr_category)
+        self._renderer = CardRenderer(self._texts, thresholds, self._acr_category, knowledge)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, knowledge: Knowledge | None = None) -> ClinicalEngine:
@@ -146,17 +145,6 @@ class ClinicalEngine:
         if not table:
             raise ConfigurationError("knowledge: the ACR rating table is empty")
         return table
-
-    @staticmethod
-    def _check_orderables(knowledge: Knowledge) -> None:
-        """Every code a suggestion writes must map back to its procedure key in the knowledge base."""
-        for key, codings in ORDERABLE_CODINGS.items():
-            for coding in codings:
-                found = knowledge.procedure_key(coding["system"], coding["code"])
-                if found != key:
-                    raise ConfigurationError(
-                        f"knowledge: {coding['system']}|{coding['code']} maps to {found!r}, not {key}"
-                    )
 
     def _rating_records(self, decision: Decision, session_key: str) -> tuple[RatingRecord, ...]:
         records = []

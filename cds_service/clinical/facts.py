@@ -68,6 +68,22 @@ class MedicationCourse:
     long_term_coded: bool = False  # the record itself calls it long-term use
 
 
+# Why a recognised NSAID or corticosteroid is not a conservative-therapy trial (PRODUCT.md §3.2): a key of the card
+# terms' "not_counted" words. "non_systemic" and "antiplatelet_aspirin" come from the drug's form and dose; the
+# knowledge base adds its own exclusions ("mineralocorticoid").
+NotCountedReason = str
+
+
+@dataclass(frozen=True)
+class UncountedMedication:
+    """An NSAID or corticosteroid on record that is not a trial (topical form, low-dose aspirin): the card says why."""
+
+    reference: str
+    label: str  # the record's own words for the drug (coding display or text), else the ingredient
+    start: date | None
+    reason: NotCountedReason
+
+
 @dataclass(frozen=True)
 class PriorImaging:
     """A lumbar imaging study already done or ordered (ServiceRequest, DiagnosticReport, ImagingStudy)."""
@@ -126,6 +142,8 @@ class ClinicalFacts:
     gadolinium_allergy: tuple[Finding, ...]
     unknown_types: frozenset[str]  # resource types that could not be obtained (unknown, not absent)
     unavailable_reasons: tuple[tuple[str, str], ...] = ()  # (resourceType, why) for the missing-data card
+    # Medications found but not counted as conservative therapy (topical, low-dose aspirin), for the card detail.
+    uncounted_medications: tuple[UncountedMedication, ...] = ()
 
     def is_known(self, *resource_types: str) -> bool:
         """True when every one of the given resource types was obtained (possibly empty)."""

@@ -47,9 +47,11 @@ from cds_service.clinical.facts import (
     Finding,
     LabResult,
     MedicationCourse,
+    NotCountedReason,
     OrderKind,
     PriorImaging,
     SymptomEpisode,
+    UncountedMedication,
 )
 from cds_service.knowledge import Knowledge, MedicationInfo, Thresholds
 from cds_service.record import PatientRecord
@@ -250,6 +252,7 @@ class _Collector:
     )
     prior_imaging: list[PriorImaging] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    uncounted: list[UncountedMedication] = field(default_factory=list)
     temperatures: list[LabResult] = field(default_factory=list)
     egfrs: list[LabResult] = field(default_factory=list)
     long_term_steroid_coded: bool = False
@@ -485,7 +488,10 @@ class FhirReader:
             "immunosuppression",
             "long_term_steroids",
         }
-        if (info is None or not _counts_as_therapy(info)) and not flag_concepts:
+        excluded = (
+            self._knowledge.medication_not_counted(_codings(medication), _label(medication)) if info is None else None
+        )
+        if info is None and excluded is None and not flag_concepts:
             return
         if not self._validate(resource, collector):
             return
@@ -494,7 +500,14 @@ class FhirReader:
         label = _label(medication) or (info.ingredient if info else "")
         for concept in sorted(flag_concepts):
             collector.red_flags.append(Finding(concept, reference, start, label, ()))
-        if info is None or not _counts_as_therapy(info):
+        if info is None:
+            if excluded is not None and label:
+                collector.uncounted.append(UncountedMedication(reference, label, start, excluded))
+            return
+        reason = _not_counted_reason(info)
+        if reason is not None:
+            # Found but not a trial: the card names it, so that the clinician sees why it did not count.
+            collector.uncounted.append(UncountedMedication(reference, label, start, reason))
             return
         dose = _dose_text(resource) or info.strength
         drug_class = _as_drug_class(info.drug_class)
@@ -722,6 +735,7 @@ class FhirReader:
             gadolinium_allergy=tuple(c.allergy),
             unknown_types=unknown,
             unavailable_reasons=tuple(sorted((t, r) for t, r in record.unavailable.items() if t in RECORD_TYPES)),
+            uncounted_medications=tuple(c.uncounted),
         )
 
     def _course(
@@ -789,6 +803,15 @@ def _as_drug_class(value: str | None) -> DrugClass | None:
 def _counts_as_therapy(info: MedicationInfo) -> bool:
     """Topical forms and low-dose antiplatelet aspirin are not a systemic NSAID/steroid trial (clinical.md §2.2)."""
     return info.systemic and not info.antiplatelet_aspirin and info.drug_class in ("nsaid", "systemic_corticosteroid")
+
+
+def _not_counted_reason(info: MedicationInfo) -> NotCountedReason | None:
+    """Why a recognised drug is not a systemic NSAID/steroid trial (clinical.md §2.2); None when it counts."""
+    if info.antiplatelet_aspirin:
+        return "antiplatelet_aspirin"
+    if not info.systemic:
+        return "non_systemic"
+    return None
 
 
 def _dose_text(resource: Mapping[str, Any]) -> str | None:

@@ -231,6 +231,14 @@ class Knowledge:
         """
         return self._tables.medications.of_concept(codings, text)
 
+    def medication_not_counted(self, codings: Iterable[tuple[str | None, str | None]], text: str | None) -> str | None:
+        """Why a drug that is not an NSAID or systemic corticosteroid trial still deserves a word on the card.
+
+        The reason key (``"mineralocorticoid"`` for fludrocortisone, ATC H02AA) of a medication the knowledge base
+        excludes from the therapy classes on purpose; None for every other drug (including the ones that count).
+        """
+        return self._tables.medications.not_counted(codings, text)
+
     # -- procedures and ratings ------------------------------------------------------------
 
     def procedure_key(self, system: str | None, code: str | None) -> str | None:

@@ -53,6 +53,19 @@ REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "no_documented_therapy", "duplicate_mri", "mr_implant", "contrast_safety", "pregnancy", "data_missing",
     "data_missing_rated",
 )  # fmt: skip
+# The sections of cards.json "terms" the clinical engine's renderer reads (cds_service/clinical/cards.py).
+TERM_SECTIONS: Final[tuple[str, ...]] = (
+    "procedures", "ratings", "categories", "rating_action", "rating_action_no_category", "order_kinds",
+    "missing_types", "missing_many", "evidence", "not_counted", "concerns", "order_notes", "durations", "concepts",
+    "suggestion_labels", "urgent_procedure", "order_category",
+)  # fmt: skip
+# Placeholders the renderer fills in term texts.
+_TERM_PLACEHOLDERS: Final = frozenset(
+    {"rating", "category", "label", "date", "onset", "duration", "age", "value", "procedure", "drug", "start",
+     "end", "n", "reason", "limit", "therapy", "protocol"}
+)  # fmt: skip
+# Lab and measurement concepts: the cards print their values, never their names.
+_CONCEPTS_WITHOUT_NAMES: Final = frozenset({"body_temperature", "egfr", "pregnancy_test"})
 # A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
 _FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
 _STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? MG$")
@@ -98,6 +111,10 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
         procedure_codings.setdefault(key, []).append((system, code, procedure_displays[(system, code)]))
     acr, acr_inferred = _load_acr(directory, problems)
     cards = _load_cards(directory, problems)
+    if medications is not None and cards is not None:
+        words = (cards.get("terms") or {}).get("not_counted") or {}
+        for reason in sorted(set(medications.not_counted_prefixes.values()) - set(words)):
+            problems.add("cards.json", f"terms 'not_counted': reason {reason!r} of medications.json has no words")
     if problems.messages or medications is None or cards is None:
         return None
     return KnowledgeTables(
@@ -359,6 +376,19 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             continue
         rules.append(AtcClassRule(rule["prefix"].upper(), rule["drug_class"], rule["generic_name"]))
     excluded = tuple(str(rule.get("prefix", "")).upper() for rule in data.get("atc_excluded_prefixes") or ())
+    not_counted_prefixes: dict[str, str] = {}
+    not_counted_names: dict[str, str] = {}
+    for rule in data.get("atc_excluded_prefixes") or ():
+        reason = rule.get("not_counted")
+        if not isinstance(reason, str) or not reason:
+            problems.add(file, f"atc_excluded_prefixes: {rule.get('prefix')!r} needs a not_counted reason key")
+            continue
+        not_counted_prefixes[str(rule.get("prefix", "")).upper()] = reason
+        for text_name in rule.get("text_names") or ():
+            normalised = _SEPARATORS.sub(" ", str(text_name).lower())
+            if normalised in names:
+                problems.add(file, f"text name {text_name!r} is both a therapy ingredient and excluded")
+            not_counted_names[normalised] = reason
     non_systemic = data.get("non_systemic_text") or {}
     for group in non_systemic:
         if group not in DRUG_CLASSES | {"all", "source"}:
@@ -379,6 +409,9 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
         antiplatelet_pattern=words_pattern(aspirin_rules.get("text_markers") or ()),
         antiplatelet_max_mg=float(max_mg),
         unknown_strength_is_antiplatelet=unknown_strength_is_antiplatelet,
+        not_counted_prefixes=MappingProxyType(not_counted_prefixes),
+        not_counted_pattern=words_pattern(not_counted_names),
+        not_counted_of_name=MappingProxyType(not_counted_names),
     )
 
 
@@ -505,7 +538,49 @@ def _load_cards(directory: Path, problems: _Problems) -> Mapping[str, Any] | Non
         _check_card(file, name, card, summary_limits, detail_names, reasons, references, problems)
     for name, phrase in (data.get("phrases") or {}).items():
         _check_text(file, f"phrase {name!r}", phrase, detail_names, problems)
+    _check_acr_category_coding(file, data.get("acr_category_coding"), problems)
+    _check_terms(file, data.get("terms"), problems)
     return cast(Mapping[str, Any], _freeze(data))
+
+
+def _check_acr_category_coding(file: str, coding: Any, problems: _Problems) -> None:
+    """The code system of the ACR category translation: a system URL and a code and display per category."""
+    if not isinstance(coding, dict) or not isinstance(coding.get("system"), str) or not coding["system"]:
+        problems.add(file, "acr_category_coding needs a system")
+        return
+    concepts = coding.get("concepts")
+    concepts = concepts if isinstance(concepts, dict) else {}
+    for category in get_args(AcrCategory):
+        concept = concepts.get(category)
+        if not isinstance(concept, dict) or not all(
+            isinstance(concept.get(member), str) and concept[member] for member in ("code", "display")
+        ):
+            problems.add(file, f"acr_category_coding: category {category!r} needs a code and a display")
+    for category in sorted(set(concepts) - set(get_args(AcrCategory))):
+        problems.add(file, f"acr_category_coding: unknown ACR category {category!r} (use UA, MBA, UNA)")
+
+
+def _check_terms(file: str, terms: Any, problems: _Problems) -> None:
+    """The renderer's words: every section present, every entry non-empty text with known placeholders only."""
+    if not isinstance(terms, dict):
+        problems.add(file, "terms section is missing")
+        return
+    for missing in sorted(set(TERM_SECTIONS) - set(terms)):
+        problems.add(file, f"terms: {missing!r} is missing")
+    for section, value in terms.items():
+        entries = value.items() if isinstance(value, dict) else [("", value)]
+        for name, text in entries:
+            where = f"terms {section!r}" + (f" {name!r}" if name else "")
+            if not isinstance(text, str):
+                problems.add(file, f"{where}: must be text")
+                continue
+            _check_text(file, where, text, set(_TERM_PLACEHOLDERS), problems)
+    for key in sorted(set(PROCEDURE_KEYS) - set(terms.get("procedures") or {})):
+        problems.add(file, f"terms 'procedures': procedure key {key!r} has no name")
+    for category in sorted(set(get_args(AcrCategory)) - set(terms.get("categories") or {})):
+        problems.add(file, f"terms 'categories': ACR category {category!r} has no words")
+    for concept in sorted(set(CONCEPT_KEYS) - set(terms.get("concepts") or {}) - _CONCEPTS_WITHOUT_NAMES):
+        problems.add(file, f"terms 'concepts': concept {concept!r} has no name")
 
 
 def _check_card(
@@ -532,10 +607,12 @@ def _check_card(
     _check_text(file, f"{where} summary", summary, set(summary_limits), problems)
     _check_text(file, f"{where} detail", str(card.get("detail", "")), detail_names, problems)
     for suggestion_name, suggestion in (card.get("suggestions") or {}).items():
-        if not suggestion.get("label") or not suggestion.get("description"):
-            problems.add(file, f"{where}: suggestion {suggestion_name!r} needs a label and a description")
-        for text in (suggestion.get("label", ""), suggestion.get("description", "")):
-            _check_text(file, f"{where} suggestion {suggestion_name!r}", text, detail_names, problems)
+        # The label is not data: the renderer words it from the action ("Change to ...", "Order ...").
+        if "label" in suggestion:
+            problems.add(file, f"{where}: suggestion {suggestion_name!r} has a label; labels come from terms")
+        _check_text(
+            file, f"{where} suggestion {suggestion_name!r}", suggestion.get("description", ""), detail_names, problems
+        )
     for code in card.get("override_reasons") or ():
         if code not in reasons:
             problems.add(file, f"{where}: unknown override reason {code!r}")
@@ -569,4 +646,3 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_freeze(item) for item in value)
     return value
-

@@ -49,6 +49,11 @@ class MedicationIndex:
     antiplatelet_pattern: re.Pattern[str] | None
     antiplatelet_max_mg: float
     unknown_strength_is_antiplatelet: bool
+    # Drugs near the therapy classes that never count as a trial (H02AA mineralocorticoids): ATC prefix or lower-case
+    # text name -> the reason key the cards explain ("mineralocorticoid").
+    not_counted_prefixes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    not_counted_pattern: re.Pattern[str] | None = None
+    not_counted_of_name: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def by_code(self, system: str | None, code: str | None) -> MedicationInfo | None:
         """The drug a code names, or None when it is not an NSAID or systemic corticosteroid."""
@@ -104,6 +109,21 @@ class MedicationIndex:
                 info = dataclasses.replace(info, antiplatelet_aspirin=self._antiplatelet(text, strength_mg))
             return info
         return self.by_text(text)
+
+    def not_counted(self, codings: Iterable[tuple[str | None, str | None]], text: str | None) -> str | None:
+        """The reason key of a drug that looks like therapy but is excluded from it (fludrocortisone), else None."""
+        for system, code in codings:
+            key = coding_key(system, code)
+            if key is None or key[0] != ATC:
+                continue
+            for prefix, reason in self.not_counted_prefixes.items():
+                if key[1].startswith(prefix):
+                    return reason
+        if text and isinstance(text, str) and self.not_counted_pattern is not None:
+            match = self.not_counted_pattern.search(text)
+            if match is not None:
+                return self.not_counted_of_name.get(re.sub(r"[\s\-]+", " ", match.group(0).lower()))
+        return None
 
     def _systemic(self, text: str, drug_class: str) -> bool:
         for key in ("all", drug_class):
