@@ -122,3 +122,17 @@ def test_no_arbitrary_json_body_causes_a_server_error(client: FlaskClient, body:
 def test_no_byte_string_causes_a_server_error(client: FlaskClient, raw: bytes) -> None:
     response = client.post(f"{SELECT}/feedback", data=raw, content_type="application/json")
     assert 400 <= response.status_code < 500
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(PATHS), value=json_values | _resource_like())
+def test_the_compiled_schema_check_agrees_with_jsonschema(path: list[Any], value: Any) -> None:
+    from cds_service.protocol.validation import compiled_check, schema_validator
+
+    document = _plant(path, value)
+    try:
+        compiled_check("request")(document)
+        fast_valid = True
+    except Exception:  # noqa: BLE001 - any refusal counts as "invalid"
+        fast_valid = False
+    assert fast_valid == schema_validator("request").is_valid(document)
