@@ -302,6 +302,19 @@ def test_an_invalid_resource_is_skipped_and_reported_not_fatal(reader: FhirReade
     assert extraction.skipped[0].startswith("Condition/cond-invalid skipped: onsetDateTime")
 
 
+def test_only_the_elements_the_rules_read_are_validated(reader: FhirReader) -> None:
+    # An element no rule reads (a malformed note) cannot make a relevant resource be skipped ...
+    noted = condition(ICD, "C61", onset="2019-03-04", id="cond-noted")
+    noted["note"] = "not a list of Annotations"
+    extraction = read(reader, record(lbp(), noted))
+    assert extraction.skipped == ()
+    assert [flag.concept for flag in extraction.facts.red_flags] == ["malignancy"]
+    # ... while a malformed element that the rules read still does (see the test above).
+    broken = condition(ICD, "C61", onset="2019-03-04", id="cond-broken")
+    broken["subject"] = "Patient/1"
+    assert read(reader, record(lbp(), broken)).skipped[0].startswith("Condition/cond-broken skipped: subject")
+
+
 def test_an_invalid_patient_is_reported_without_its_id(reader: FhirReader) -> None:
     broken = patient()
     broken["birthDate"] = "not a date"
