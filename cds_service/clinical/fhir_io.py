@@ -140,13 +140,34 @@ _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {
 }
 
 
+# Within the heaviest elements, the parts the rules read (dose text and timing; supply period).
+_VALIDATED_SUB_ELEMENTS: Mapping[str, frozenset[str]] = {
+    "dosage": frozenset({"text", "timing"}),
+    "dosageInstruction": frozenset({"text", "timing"}),
+    "dispenseRequest": frozenset({"validityPeriod", "expectedSupplyDuration"}),
+}
+
+
 def _validated_part(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     """The elements of ``resource`` that the rules read (the whole resource for a type not listed)."""
     elements = _VALIDATED_ELEMENTS.get(resource.get("resourceType", ""))
     if elements is None:
         return resource
     # A primitive's extension ("_onsetDateTime") travels with its element.
-    return {key: value for key, value in resource.items() if key.lstrip("_") in elements}
+    part = {key: value for key, value in resource.items() if key.lstrip("_") in elements}
+    for name, keep in _VALIDATED_SUB_ELEMENTS.items():
+        if name in part:
+            part[name] = _only(part[name], keep)
+    return part
+
+
+def _only(value: Any, keep: frozenset[str]) -> Any:
+    """``value`` (an object or a list of objects) reduced to the members in ``keep``; anything else as is."""
+    if isinstance(value, Mapping):
+        return {key: member for key, member in value.items() if key.lstrip("_") in keep}
+    if isinstance(value, list):
+        return [_only(item, keep) for item in value]
+    return value
 
 
 _MODELS: Mapping[str, Any] = {
