@@ -187,20 +187,32 @@ def _compact_object(value: Mapping[str, Any]) -> dict[str, Any]:
     return compacted
 
 
-def _is_empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str | list | tuple | dict) and len(value) == 0)
-
-
 def _compact(value: Any) -> Any:
-    """Drop None and empty members recursively (CDS Hooks 2.0 §Use of JSON)."""
+    """Drop None and empty members recursively (CDS Hooks 2.0 §Use of JSON).
+
+    Runs over every resource a response carries, so leaves (most of the nodes) are handled
+    inline rather than by a call per leaf.
+    """
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
-            compacted = _compact(item)
-            if not _is_empty(compacted):
-                out[key] = compacted
+            if item is None or item == "":
+                continue
+            if isinstance(item, Mapping | list | tuple):
+                item = _compact(item)
+                if not item:
+                    continue
+            out[key] = item
         return out
     if isinstance(value, list | tuple):
-        items = [_compact(item) for item in value]
-        return [item for item in items if not _is_empty(item)]
+        items = []
+        for item in value:
+            if item is None or item == "":
+                continue
+            if isinstance(item, Mapping | list | tuple):
+                item = _compact(item)
+                if not item:
+                    continue
+            items.append(item)
+        return items
     return value
