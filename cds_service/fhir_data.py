@@ -421,7 +421,10 @@ class FhirDataSource:
 
         self._wait_for(pending, results, deadline)
         record = _assemble(templates, results)
-        log.info(
+        # The request's own log line already carries data_ms and the unavailable types; this detail is
+        # worth an INFO line only when the network was used.
+        log.log(
+            logging.INFO if pending else logging.DEBUG,
             "prefetch resolved",
             extra={
                 "fields": {

@@ -694,13 +694,17 @@ class FhirReader:
         concepts = self._knowledge.concepts_of_codings(_codings(resource.get("code"))) & OBSERVATION_CONCEPTS
         if not concepts or resource.get("status") in _EXCLUDED_EVENT_STATUS:
             return
-        if not self._validate(resource, collector):
-            return
         when = _first(
             parse_date(resource.get("effectiveDateTime")),
             _period(resource.get("effectivePeriod"))[0],
             parse_date(resource.get("issued")),
         )
+        if "egfr" not in concepts and not self._within_lookback(when, today):
+            # A temperature or pregnancy test outside the look-back is never used: a long chart's vital
+            # signs would otherwise cost a validation each (the large-record budget).
+            return
+        if not self._validate(resource, collector):
+            return
         reference = _reference(resource)
         quantity = _mapping(resource.get("valueQuantity"))
         value = quantity.get("value")
