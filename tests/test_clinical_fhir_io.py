@@ -504,3 +504,39 @@ def test_no_resource_shape_breaks_the_reader(reader: FhirReader, resource_type: 
 def test_no_draft_order_shape_breaks_the_reader(reader: FhirReader, resource_type: str, body: dict[str, Any]) -> None:
     orders, _notes = reader.read_draft_orders(bundle({**body, "resourceType": resource_type, "id": "d"}), None)
     assert [o.reference for o in orders] == [f"{resource_type}/d"]
+
+
+def test_validation_verdicts_are_remembered_by_content_and_never_reused_for_other_content() -> None:
+    from fhir.resources.R4B.condition import Condition
+
+    from cds_service.clinical.fhir_io import ValidationMemo
+
+    calls: list[str] = []
+
+    class CountingCondition:
+        @staticmethod
+        def model_validate(resource: Any) -> Any:
+            calls.append(resource["id"])
+            return Condition.model_validate(resource)
+
+    memo = ValidationMemo(capacity=2)
+    valid = condition(ICD, "C61", onset="2019-03-04", id="c1")
+    invalid = condition(ICD, "C61", onset="2019-13-45", id="c2")
+    assert memo.verdict(CountingCondition, valid) is None
+    assert memo.verdict(CountingCondition, dict(valid)) is None  # same content: not validated again
+    assert calls == ["c1"]
+    first = memo.verdict(CountingCondition, invalid)
+    assert first is not None and first.startswith("onsetDateTime")
+    assert memo.verdict(CountingCondition, invalid) == first  # an invalid verdict is remembered too
+    changed = dict(valid, onsetDateTime="2019-13-45")
+    assert memo.verdict(CountingCondition, changed) is not None  # other content, its own verdict
+    assert calls == ["c1", "c2", "c1"]
+    assert len(memo) == 2  # bounded: the oldest verdict made room
+
+
+def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(reader: FhirReader) -> None:
+    broken = condition(ICD, "C61", onset="2019-13-45", id="cond-invalid")
+    for _ in range(2):
+        extraction = read(reader, record(lbp(), broken))
+        assert extraction.facts.red_flags == ()
+        assert extraction.skipped[0].startswith("Condition/cond-invalid skipped: onsetDateTime")

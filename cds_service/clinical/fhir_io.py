@@ -18,12 +18,15 @@ still read (the order being placed is the question asked; a warning says it did 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.device import Device
@@ -370,12 +373,51 @@ class _Collector:
     sex: str | None = None
 
 
+class ValidationMemo:
+    """Remembers validation verdicts by a digest of the validated content (bounded; thread-safe).
+
+    Validation is a pure function of the content, and the same record arrives again and again:
+    order-select fires on every change to the order, then order-sign follows with the same
+    prefetch. Validating a resource costs 40-100 µs with fhir.resources; its digest costs about
+    5 µs. A resource whose content changes in any validated element gets a new digest, so a
+    verdict is never reused for different content.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._verdicts: dict[bytes, str | None] = {}
+        self._lock = threading.Lock()
+
+    def verdict(self, model: Any, part: Mapping[str, Any]) -> str | None:
+        """None when ``part`` validates with ``model``; else the short reason (see ``_validation_error``)."""
+        try:
+            payload = orjson.dumps(part, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            return _validation_error(model, part)  # not plain JSON: validate without remembering
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        try:
+            return self._verdicts[digest]
+        except KeyError:
+            pass
+        verdict = _validation_error(model, part)
+        with self._lock:
+            if len(self._verdicts) >= self._capacity:
+                # Oldest first (dicts keep insertion order): a simple, bounded FIFO.
+                self._verdicts.pop(next(iter(self._verdicts)))
+            self._verdicts[digest] = verdict
+        return verdict
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+
 class FhirReader:
     """Reads records and draft orders into facts. Build once per engine; :meth:`read` is re-entrant."""
 
-    def __init__(self, knowledge: Knowledge, thresholds: Thresholds) -> None:
+    def __init__(self, knowledge: Knowledge, thresholds: Thresholds, memo: ValidationMemo | None = None) -> None:
         self._knowledge = knowledge
         self._thresholds = thresholds
+        self._memo = memo if memo is not None else ValidationMemo()
         self._readers: Mapping[str, Callable[[Mapping[str, Any], _Collector, date, frozenset[str]], None]] = {
             "Condition": self._read_condition,
             "MedicationStatement": self._read_medication,
@@ -513,7 +555,7 @@ class FhirReader:
     # ------------------------------------------------------------------------------------- record readers
     def _validate(self, resource: Mapping[str, Any], collector: _Collector) -> bool:
         model = _MODELS[resource.get("resourceType", "")]
-        reason = _validation_error(model, _validated_part(resource))
+        reason = self._memo.verdict(model, _validated_part(resource))
         if reason is None:
             return True
         # A Patient id is a patient identifier: name the type only.
