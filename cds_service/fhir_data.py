@@ -443,7 +443,9 @@ class FhirDataSource:
         self, key: str, template: str, value: Any, request: HookRequest, base: str | None
     ) -> tuple[_KeyResult, str | None]:
         """Use a prefetch value; returns the result and a next-page URL to follow, if any."""
-        resource_type = render_template(template, request).resource_type
+        # The type is in the template's first segment; rendering (regex substitution) is needed only
+        # for a template that starts with a token, such as "{{context.userId}}".
+        resource_type = _resource_type_of(template.strip()) or render_template(template, request).resource_type
         result = _KeyResult(key, resource_type)
         if value is None:
             return result, None  # obtained, and there is nothing: a fact

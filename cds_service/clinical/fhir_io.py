@@ -478,7 +478,7 @@ class FhirReader:
             selected = selections is None or any(s == reference or s.endswith("/" + reference) for s in selections)
             model = _R4_DRAFT_MODELS.get(resource["resourceType"])
             if model is not None and selected:
-                reason = _validation_error(model, resource)
+                reason = self._memo.verdict(model, resource)
                 if reason:
                     notes.append(f"{reference} did not validate (read leniently): {reason}")
             try:

@@ -27,36 +27,45 @@ class SystemActionsLocation(StrEnum):
     BOTH = "both"
 
 
+class _JsonObject:
+    """Serialisation shared by the response types: members are built raw and compacted once, at the top."""
+
+    def _members(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, without null or empty members."""
+        return _compact_object(self._members())
+
+
 @dataclass(frozen=True)
-class Coding:
+class Coding(_JsonObject):
     system: str
     code: str
     display: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object({"system": self.system, "code": self.code, "display": self.display})
+    def _members(self) -> dict[str, Any]:
+        return {"system": self.system, "code": self.code, "display": self.display}
 
 
 @dataclass(frozen=True)
-class Source:
+class Source(_JsonObject):
     label: str
     url: str | None = None
     icon: str | None = None
     topic: Coding | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object(
-            {
-                "label": self.label,
-                "url": self.url,
-                "icon": self.icon,
-                "topic": self.topic.to_json() if self.topic else None,
-            }
-        )
+    def _members(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "url": self.url,
+            "icon": self.icon,
+            "topic": self.topic._members() if self.topic else None,
+        }
 
 
 @dataclass(frozen=True)
-class Action:
+class Action(_JsonObject):
     type: ActionType
     description: str
     resource: Mapping[str, Any] | None = None
@@ -69,58 +78,52 @@ class Action:
         if self.type == "delete" and not self.resource_id:
             raise ValueError("a delete action needs a resourceId")
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object(
-            {
-                "uuid": self.uuid,
-                "type": self.type,
-                "description": self.description,
-                "resource": self.resource,
-                "resourceId": self.resource_id,
-            }
-        )
+    def _members(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "type": self.type,
+            "description": self.description,
+            "resource": self.resource,
+            "resourceId": self.resource_id,
+        }
 
 
 @dataclass(frozen=True)
-class Suggestion:
+class Suggestion(_JsonObject):
     label: str
     uuid: str
     actions: tuple[Action, ...] = ()
     is_recommended: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object(
-            {
-                "label": self.label,
-                "uuid": self.uuid,
-                "isRecommended": self.is_recommended,
-                "actions": [a.to_json() for a in self.actions],
-            }
-        )
+    def _members(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "uuid": self.uuid,
+            "isRecommended": self.is_recommended,
+            "actions": [a._members() for a in self.actions],
+        }
 
 
 @dataclass(frozen=True)
-class Link:
+class Link(_JsonObject):
     label: str
     url: str
     type: LinkType = "absolute"
     app_context: str | None = None
     autolaunchable: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object(
-            {
-                "label": self.label,
-                "url": self.url,
-                "type": self.type,
-                "appContext": self.app_context,
-                "autolaunchable": self.autolaunchable,
-            }
-        )
+    def _members(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "url": self.url,
+            "type": self.type,
+            "appContext": self.app_context,
+            "autolaunchable": self.autolaunchable,
+        }
 
 
 @dataclass(frozen=True)
-class Card:
+class Card(_JsonObject):
     uuid: str
     summary: str
     indicator: Indicator
@@ -141,20 +144,18 @@ class Card:
         if self.selection_behavior == "at-most-one" and sum(bool(s.is_recommended) for s in self.suggestions) > 1:
             raise ValueError("at-most-one allows at most one recommended suggestion")
 
-    def to_json(self) -> dict[str, Any]:
-        return _compact_object(
-            {
-                "uuid": self.uuid,
-                "summary": self.summary,
-                "detail": self.detail,
-                "indicator": self.indicator,
-                "source": self.source.to_json(),
-                "suggestions": [s.to_json() for s in self.suggestions],
-                "selectionBehavior": self.selection_behavior if self.suggestions else None,
-                "overrideReasons": [r.to_json() for r in self.override_reasons],
-                "links": [link.to_json() for link in self.links],
-            }
-        )
+    def _members(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "summary": self.summary,
+            "detail": self.detail,
+            "indicator": self.indicator,
+            "source": self.source._members(),
+            "suggestions": [s._members() for s in self.suggestions],
+            "selectionBehavior": self.selection_behavior if self.suggestions else None,
+            "overrideReasons": [r._members() for r in self.override_reasons],
+            "links": [link._members() for link in self.links],
+        }
 
 
 @dataclass(frozen=True)
@@ -169,16 +170,16 @@ def response_to_json(
     response: CdsResponse, location: SystemActionsLocation = SystemActionsLocation.BOTH
 ) -> dict[str, Any]:
     """Serialise a response, placing system actions where the deployment asks for them."""
-    body: dict[str, Any] = {"cards": [card.to_json() for card in response.cards]}
-    actions = [action.to_json() for action in response.system_actions]
-    extension: dict[str, Any] = dict(response.extension)
+    # Compacted once here: compacting at every level would walk each resource once per level.
+    body: dict[str, Any] = {"cards": [_compact_object(card._members()) for card in response.cards]}
+    actions = [_compact_object(action._members()) for action in response.system_actions]
+    extension = _compact_object(response.extension)
     if actions and location in (SystemActionsLocation.TOP, SystemActionsLocation.BOTH):
         body["systemActions"] = actions
     if actions and location in (SystemActionsLocation.EXTENSION, SystemActionsLocation.BOTH):
         extension["systemActions"] = actions
-    compact_extension = _compact_object(extension)
-    if compact_extension:
-        body["extension"] = compact_extension
+    if extension:
+        body["extension"] = extension
     return body
 
 
