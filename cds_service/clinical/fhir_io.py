@@ -57,11 +57,8 @@ from cds_service.clinical.facts import (
     UncountedMedication,
 )
 from cds_service.knowledge import Knowledge, MedicationInfo, Thresholds
+from cds_service.knowledge.systems import CPT, ICD10CM, SNOMED
 from cds_service.record import PatientRecord
-
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-CPT = "http://www.ama-assn.org/go/cpt"
 
 # The elements the rules read, plus the elements R4 requires, per resource type. Only these are
 # validated with fhir.resources (issue 5: "parse and validate only what the rules need"): it keeps a
