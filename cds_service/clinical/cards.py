@@ -12,12 +12,13 @@ Identifiers are deterministic so that golden files are byte-stable: card, sugges
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
+
+import orjson
 
 from cds_service.clinical.decision import (
     Concern,
@@ -703,7 +704,7 @@ class CardRenderer:
         order = order_decision.order
         key = proposal.procedure_key or "MR_LSPINE_WO"
         if proposal.purpose == "keep_urgent":
-            resource = copy.deepcopy(dict(order.raw or {}))
+            resource = _json_copy(order.raw)
             resource["priority"] = "stat"
             return resource
         resource = _with_extensions(
@@ -723,9 +724,16 @@ class CardRenderer:
         return resource
 
 
+def _json_copy(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A deep copy of a JSON object (a draft order as received): an orjson round trip is several times
+    faster than copy.deepcopy, and the order came in as JSON, so nothing is lost."""
+    copied: dict[str, Any] = orjson.loads(orjson.dumps(raw or {}))
+    return copied
+
+
 def _with_extensions(raw: Mapping[str, Any] | None, extensions: list[dict[str, Any]]) -> dict[str, Any]:
     """A copy of the resource whose PAMA extensions are replaced by ``extensions``; nothing else changes."""
-    resource: dict[str, Any] = copy.deepcopy(dict(raw or {}))
+    resource = _json_copy(raw)
     existing = resource.get("extension")
     existing = existing if isinstance(existing, list) else []
     kept = [e for e in existing if not (isinstance(e, Mapping) and e.get("url") in _PAMA_URLS)]
