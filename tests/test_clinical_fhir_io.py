@@ -540,3 +540,8 @@ def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(
         extraction = read(reader, record(lbp(), broken))
         assert extraction.facts.red_flags == ()
         assert extraction.skipped[0].startswith("Condition/cond-invalid skipped: onsetDateTime")
+
+
+def test_opioid_use_disorder_without_injection_is_not_a_red_flag(reader: FhirReader) -> None:
+    facts = read(reader, record(lbp(), condition(ICD, "F11.20", onset="2024-05-01"))).facts
+    assert facts.red_flags == ()

@@ -59,8 +59,6 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (SNOMED, "64859006"): ("C", "clinical.md §3.1", "concept:osteoporosis"),
     (SNOMED, "86406008"): ("C", "clinical.md §3.1", "concept:hiv"),
     (SNOMED, "228388006"): ("V", SUBSTANCE, "concept:iv_drug_use"),
-    (SNOMED, "75544000"): ("V", SUBSTANCE, "concept:iv_drug_use"),
-    (SNOMED, "5602001"): ("V", SUBSTANCE, "concept:iv_drug_use"),
     (SNOMED, "77386006"): ("V", "cds4cpm Pregnancy 2.16.840.1.113883.3.526.3.378", "concept:pregnancy"),
     (SNOMED, "431857002"): ("V", KIDNEY, "concept:kidney_failure"),
     (SNOMED, "433146000"): ("V", KIDNEY, "concept:kidney_failure"),

@@ -49,7 +49,12 @@ def test_icd_codes_match_with_or_without_the_dot(knowledge: Knowledge, code: str
 
 @pytest.mark.parametrize(
     "system",
-    [ICD10CM, "urn:oid:2.16.840.1.113883.6.90", "https://hl7.org/fhir/sid/icd-10-cm/", "HTTP://HL7.ORG/FHIR/SID/ICD-10-CM"],
+    [
+        ICD10CM,
+        "urn:oid:2.16.840.1.113883.6.90",
+        "https://hl7.org/fhir/sid/icd-10-cm/",
+        "HTTP://HL7.ORG/FHIR/SID/ICD-10-CM",
+    ],
 )
 def test_system_uri_variants_are_accepted(knowledge: Knowledge, system: str) -> None:
     assert knowledge.concepts_of(system, "G83.4") == {"cauda_equina_syndrome"}
@@ -94,7 +99,7 @@ def test_concepts_of_codings_is_the_union(knowledge: Knowledge) -> None:
         ("C7B.01", "malignancy"), ("C96.9", "malignancy"), ("D05.10", "malignancy"), ("D48.9", "malignancy"),
         ("D49.9", "malignancy"), ("Z85.3", "malignancy"), ("Z8546", "malignancy"),
         ("O00.00", "pregnancy"), ("O26.891", "pregnancy"), ("O9A.53", "pregnancy"), ("Z3A.20", "pregnancy"),
-        ("Z94.0", "transplant"), ("F11.20", "iv_drug_use"), ("F11.10", "iv_drug_use"),
+        ("Z94.0", "transplant"),
         ("M80.08XA", "osteoporosis"), ("M80.08XA", "vertebral_fracture"), ("M81.0", "osteoporosis"),
         ("M48.56XA", "vertebral_fracture"), ("S32.010A", "vertebral_fracture"), ("M46.26", "spinal_infection"),
         ("M46.46", "spinal_infection"), ("R50.9", "fever"), ("A41.9", "recent_infection"),
@@ -103,6 +108,14 @@ def test_concepts_of_codings_is_the_union(knowledge: Knowledge) -> None:
 )  # fmt: skip
 def test_icd_ranges_are_expanded_at_load(knowledge: Knowledge, code: str, concept: str) -> None:
     assert concept in knowledge.concepts_of(ICD10CM, code)
+
+
+@pytest.mark.parametrize(
+    ("system", "code"), [(ICD10CM, "F11.20"), (ICD10CM, "F11.10"), (SNOMED, "75544000"), (SNOMED, "5602001")]
+)
+def test_opioid_use_disorder_alone_is_not_iv_drug_use(knowledge: Knowledge, system: str, code: str) -> None:
+    # Not evidence of injection; it would send chronic-pain patients in treatment down the V7 pathway.
+    assert "iv_drug_use" not in knowledge.concepts_of(system, code)
 
 
 @pytest.mark.parametrize(
