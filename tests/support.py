@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
+import sys
 import time
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -23,3 +29,13 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def load_bench_module(name: str) -> ModuleType:
+    """Load ``bench/<name>.py`` by path: bench/ is a directory of scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from datetime import date
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import load_bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    # bench/ is a directory of scripts, not a package: load the modules by path.
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load("generate")
+generate = load_bench_module("generate")
 
 
 @pytest.mark.parametrize("size_name", ["typical", "medium", "large"])
@@ -63,8 +51,11 @@ def test_prefetch_keys_are_those_of_the_service_definitions() -> None:
     request = generate.build_request(50)
     assert set(request["prefetch"]) == set(generate.PREFETCH_TYPES)
     for key, value in request["prefetch"].items():
-        resource_types = {entry["resource"]["resourceType"] for entry in value.get("entry", [])} \
-            if value["resourceType"] == "Bundle" else {value["resourceType"]}
+        resource_types = (
+            {entry["resource"]["resourceType"] for entry in value.get("entry", [])}
+            if value["resourceType"] == "Bundle"
+            else {value["resourceType"]}
+        )
         assert resource_types <= {generate.PREFETCH_TYPES[key]}, key
 
 
@@ -91,7 +82,7 @@ def test_episode_is_anchored_on_the_given_date() -> None:
 def test_hook_instance_placeholder_appears_once_for_the_load_generator() -> None:
     body = generate.encode(generate.build_request(200))
     assert body.count(generate.HOOK_INSTANCE_PLACEHOLDER.encode()) == 1
-    loadgen = _load("loadgen")
+    loadgen = load_bench_module("loadgen")
     payload = loadgen.Payload.from_bodies("/cds-services/x", [body], 200)
     before, after = payload.parts[0]
     assert before + generate.HOOK_INSTANCE_PLACEHOLDER.encode() + after == body

@@ -2,42 +2,47 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from support import free_port, wait_for_port
+from support import free_port, load_bench_module, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    # bench/ is a directory of scripts, not a package: load the modules by path.
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run = _load("run")
+run = load_bench_module("run")
 # run.py puts bench/ on sys.path and imports its siblings by their plain names; use those modules, so that
 # the load generator's spawned client processes can import what they run.
 loadgen = sys.modules["loadgen"]
 generate = sys.modules["generate"]
 
 
-def _figures(*, typical_p50: float = 4.0, typical_p99: float = 30.0, service_rps: float = 500.0,
-             ceiling_rps: float = 1000.0, medium_p50: float = 7.0, large_p50: float = 60.0) -> list[Any]:
+def _figures(
+    *,
+    typical_p50: float = 4.0,
+    typical_p99: float = 30.0,
+    service_rps: float = 500.0,
+    ceiling_rps: float = 1000.0,
+    medium_p50: float = 7.0,
+    large_p50: float = 60.0,
+) -> list[Any]:
     def row(target: str, size: str, resources: int, clients: int, rps: float, p50: float, p99: float) -> Any:
-        return run.CellFigures(target=target, size=size, resources=resources, clients=clients, requests=100,
-                               errors=0, throughput_rps=rps, p50_ms=p50, p99_ms=p99, mean_ms=p50,
-                               best_round_p50_ms=p50)
+        return run.CellFigures(
+            target=target,
+            size=size,
+            resources=resources,
+            clients=clients,
+            requests=100,
+            errors=0,
+            throughput_rps=rps,
+            p50_ms=p50,
+            p99_ms=p99,
+            mean_ms=p50,
+            best_round_p50_ms=p50,
+        )
 
     return [
         row("service", "typical", 50, 1, 200.0, typical_p50, typical_p50 * 2),
@@ -59,8 +64,11 @@ def test_cell_figures_merge_rounds_and_keep_the_best_round_p50() -> None:
     from array import array
 
     def round_of(latencies_ms: list[float], completed: int) -> Any:
-        return loadgen.RoundResult(latencies_ns=array("q", [int(ms * 1e6) for ms in latencies_ms]),
-                                   completed_in_window=completed, window_seconds=1.0)
+        return loadgen.RoundResult(
+            latencies_ns=array("q", [int(ms * 1e6) for ms in latencies_ms]),
+            completed_in_window=completed,
+            window_seconds=1.0,
+        )
 
     figures = run.summarise("service", "typical", 50, 1, [round_of([4, 5, 6], 3), round_of([2, 3, 30], 3)])
     assert figures.requests == 6 and figures.throughput_rps == 3.0
@@ -82,7 +90,12 @@ def test_short_mode_relaxes_every_budget_by_half() -> None:
     assert short.throughput_ratio == pytest.approx(0.20)
     assert short.linearity == 3.0
     assert (full.typical_p50_ms, full.typical_p99_ms, full.throughput_ratio, full.large_p50_ms, full.linearity) == (
-        10, 50, 0.40, 150, 1.5)
+        10,
+        50,
+        0.40,
+        150,
+        1.5,
+    )
 
 
 def test_figures_within_budget_pass() -> None:
@@ -91,13 +104,16 @@ def test_figures_within_budget_pass() -> None:
     assert _failed(run.check_budgets(_figures(), run.Budgets())) == set()
 
 
-@pytest.mark.parametrize(("changes", "failing"), [
-    ({"typical_p50": 12.0, "medium_p50": 15.0, "large_p50": 68.0}, "typical p50, 1 client (ms)"),
-    ({"typical_p99": 51.0}, "typical p99, 10 clients (ms)"),
-    ({"service_rps": 390.0}, "throughput / ceiling, typical, 10 clients"),
-    ({"large_p50": 160.0, "medium_p50": 13.0}, "large p50, 1 client (ms)"),
-    ({"large_p50": 80.0}, "time per resource 2,000 / 200"),  # 34 us vs 17 us per resource: super-linear
-])
+@pytest.mark.parametrize(
+    ("changes", "failing"),
+    [
+        ({"typical_p50": 12.0, "medium_p50": 15.0, "large_p50": 68.0}, "typical p50, 1 client (ms)"),
+        ({"typical_p99": 51.0}, "typical p99, 10 clients (ms)"),
+        ({"service_rps": 390.0}, "throughput / ceiling, typical, 10 clients"),
+        ({"large_p50": 160.0, "medium_p50": 13.0}, "large p50, 1 client (ms)"),
+        ({"large_p50": 80.0}, "time per resource 2,000 / 200"),  # 34 us vs 17 us per resource: super-linear
+    ],
+)
 def test_each_budget_fails_on_its_own(changes: dict[str, float], failing: str) -> None:
     assert _failed(run.check_budgets(_figures(**changes), run.Budgets())) == {failing}
 
@@ -105,7 +121,9 @@ def test_each_budget_fails_on_its_own(changes: dict[str, float], failing: str) -
 def test_short_budgets_tolerate_what_full_budgets_refuse() -> None:
     figures = _figures(typical_p99=80.0, service_rps=300.0)
     assert _failed(run.check_budgets(figures, run.Budgets())) == {
-        "typical p99, 10 clients (ms)", "throughput / ceiling, typical, 10 clients"}
+        "typical p99, 10 clients (ms)",
+        "throughput / ceiling, typical, 10 clients",
+    }
     assert _failed(run.check_budgets(figures, run.Budgets().relaxed())) == set()
 
 

@@ -19,6 +19,7 @@ from tests.clinical_builders import (
     ICD,
     LOINC,
     NOW,
+    RECORD_TYPES,
     RXNORM,
     SNOMED,
     allergy,
@@ -438,20 +439,7 @@ JSON = st.recursive(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    resource_type=st.sampled_from(
-        [
-            "Condition",
-            "MedicationStatement",
-            "MedicationRequest",
-            "Procedure",
-            "Observation",
-            "AllergyIntolerance",
-            "Device",
-            "ServiceRequest",
-            "DiagnosticReport",
-            "ImagingStudy",
-        ]
-    ),
+    resource_type=st.sampled_from([t for t in RECORD_TYPES if t != "Patient"]),
     body=st.dictionaries(
         st.sampled_from(
             [

@@ -208,3 +208,21 @@ class AuditWriter:
             finally:
                 for _ in range(taken):
                     self._queue.task_done()
+
+
+class QueuedAuditMixin:
+    """The audit half of a store, shared by every backend: decisions go to the store's :class:`AuditWriter`."""
+
+    _audit: AuditWriter
+
+    def record_decision(self, record: DecisionAudit) -> None:
+        """Queue the audit record for the background writer."""
+        self._audit.submit(record)
+
+    def audit_dropped_total(self) -> int:
+        """Audit records lost in this process."""
+        return self._audit.dropped_total()
+
+    def flush_audit(self, timeout: float = 5.0) -> bool:
+        """Wait until queued audit records are written or dropped."""
+        return self._audit.flush(timeout)

@@ -21,7 +21,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from cds_service.feedback import FeedbackItem, parse_feedback
-from cds_service.store.audit import DEFAULT_BATCH_SIZE, DEFAULT_QUEUE_CAPACITY, AuditWriter, reset_after_fork
+from cds_service.store.audit import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_QUEUE_CAPACITY,
+    AuditWriter,
+    QueuedAuditMixin,
+    reset_after_fork,
+)
 from cds_service.store.base import (
     SCHEMA_VERSION,
     DecisionAudit,
@@ -164,7 +170,7 @@ class ConnectionPool:
             connection.close()
 
 
-class PostgresStore:
+class PostgresStore(QueuedAuditMixin):
     """The :class:`~cds_service.store.base.Store` on PostgreSQL."""
 
     def __init__(
@@ -256,10 +262,6 @@ class PostgresStore:
 
         return self._run(insert)
 
-    def record_decision(self, record: DecisionAudit) -> None:
-        """Queue the audit record for the background writer."""
-        self._audit.submit(record)
-
     def _write_decisions(self, records: Sequence[DecisionAudit]) -> None:
         self._ensure_schema()
         rows = [
@@ -292,14 +294,6 @@ class PostgresStore:
         except StoreUnavailable:
             return False
         return True
-
-    def audit_dropped_total(self) -> int:
-        """Audit records lost in this process."""
-        return self._audit.dropped_total()
-
-    def flush_audit(self, timeout: float = 5.0) -> bool:
-        """Wait until queued audit records are written or dropped."""
-        return self._audit.flush(timeout)
 
     def close(self) -> None:
         """Flush the audit queue, then close pooled connections."""

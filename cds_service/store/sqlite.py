@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from cds_service.feedback import FeedbackItem, format_timestamp, parse_feedback
-from cds_service.store.audit import DEFAULT_BATCH_SIZE, DEFAULT_QUEUE_CAPACITY, AuditWriter, reset_after_fork
+from cds_service.store.audit import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_QUEUE_CAPACITY,
+    AuditWriter,
+    QueuedAuditMixin,
+    reset_after_fork,
+)
 from cds_service.store.base import (
     SCHEMA_VERSION,
     DecisionAudit,
@@ -92,7 +98,7 @@ def _now_text() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
-class SqliteStore:
+class SqliteStore(QueuedAuditMixin):
     """The :class:`~cds_service.store.base.Store` on a local SQLite file."""
 
     def __init__(
@@ -203,10 +209,6 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite write failed: {error}") from error
         return inserted
 
-    def record_decision(self, record: DecisionAudit) -> None:
-        """Queue the audit record for the background writer."""
-        self._audit.submit(record)
-
     def _write_decisions(self, records: Sequence[DecisionAudit]) -> None:
         connection = self._connection(synchronous="NORMAL")
         recorded_at = _now_text()
@@ -242,14 +244,6 @@ class SqliteStore:
         except (sqlite3.Error, StoreUnavailable):
             return False
         return True
-
-    def audit_dropped_total(self) -> int:
-        """Audit records lost in this process."""
-        return self._audit.dropped_total()
-
-    def flush_audit(self, timeout: float = 5.0) -> bool:
-        """Wait until queued audit records are written or dropped."""
-        return self._audit.flush(timeout)
 
     def close(self) -> None:
         """Flush the audit queue, then close every connection this process opened."""
