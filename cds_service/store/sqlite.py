@@ -17,6 +17,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,6 +156,22 @@ class SqliteStore(QueuedAuditMixin):
         self._connections_lock = threading.Lock()
 
     def _create_schema(self) -> None:
+        # Several processes (gunicorn workers, replicas on one volume) may open a new file at once; switching
+        # it to WAL does not wait on SQLite's busy handler, so "database is locked" is retried here until the
+        # busy timeout, as every other statement would be.
+        deadline = time.monotonic() + self._busy_timeout_s
+        attempt = 0
+        while True:
+            try:
+                self._create_schema_once()
+                return
+            except sqlite3.OperationalError as error:
+                attempt += 1
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.02 * attempt, 0.2))
+
+    def _create_schema_once(self) -> None:
         connection = self._connect("FULL")
         try:
             # WAL is a property of the file: set once, every later connection (any process) uses it.
