@@ -51,9 +51,15 @@ class Budgets:
     linearity: float = 1.5  # time per resource at 2,000 / at 200
 
     def relaxed(self) -> Budgets:
-        """Each budget made twice as lenient."""
+        """Each budget made twice as lenient, and linearity more so.
+
+        Linearity is a difference of differences of short-round p50s, the noisiest figure here: in --short
+        runs on this machine it read 1.0 to 2.75 for the same code. A gross regression (cost quadratic in
+        record size) reads about 10 at ten times the resources, so a limit of 4 still catches one without
+        making CI flaky.
+        """
         return Budgets(self.typical_p50_ms * 2, self.typical_p99_ms * 2, self.throughput_ratio / 2,
-                       self.large_p50_ms * 2, self.linearity * 2)
+                       self.large_p50_ms * 2, 4.0)
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ FULL_PLAN = Plan(
 )
 SHORT_PLAN = Plan(
     cells=(("typical", 1), ("typical", 10), ("medium", 1), ("large", 1)),
-    rounds=2,
+    rounds=4,  # best-of-rounds p50 feeds a difference of differences (linearity): two rounds were too noisy
     round_seconds={"typical": 0.4, "medium": 0.4, "large": 1.0},
 )
 
@@ -467,7 +473,7 @@ def render_table(figures: list[CellFigures], memory: dict[str, list[int]]) -> st
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and the budget checks; write bench/results/<time>.json."""
     parser = argparse.ArgumentParser(description="Benchmark the service against a bare-Flask ceiling.")
-    parser.add_argument("--short", action="store_true", help="about 20 seconds, budgets relaxed by half (CI)")
+    parser.add_argument("--short", action="store_true", help="about 30 s for CI: budgets halved, linearity limit 4")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for both targets (default 2)")
     parser.add_argument("--seed", type=int, default=generate.DEFAULT_SEED)
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
@@ -528,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
           f"2,000 -> {time_per_resource(figures, 'large'):.1f} us; raw p50/resource: "
           f"{cell(figures, 'service', 'medium', 1).p50_ms * 1000 / 200:.1f} us vs "
           f"{cell(figures, 'service', 'large', 1).p50_ms * 1000 / 2000:.1f} us")
-    print(f"\nbudgets{' (short: relaxed by half)' if args.short else ''}:")
+    print(f"\nbudgets{' (short: relaxed by half; linearity limit 4)' if args.short else ''}:")
     for check in checks:
         print(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.measured:.3g} ({check.detail})")
 
