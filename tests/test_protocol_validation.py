@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service.errors import BadRequest
 from cds_service.protocol.validation import check_depth, decode_json, validate_hook_request
@@ -104,10 +107,41 @@ def test_decode_refuses_bad_json(raw: bytes, message: str) -> None:
         decode_json(raw, max_depth=64)
 
 
+def tree_depth(value: Any) -> int:
+    """The reference definition: containers on the longest path from the root (scalars count 0)."""
+    if isinstance(value, dict):
+        return 1 + max((tree_depth(member) for member in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((tree_depth(member) for member in value), default=0)
+    return 0
+
+
 def test_depth_check_counts_nesting_exactly() -> None:
     value: Any = 1
     for _ in range(10):
         value = {"a": value}
-    check_depth(value, 10)
+    raw = orjson.dumps(value)
+    check_depth(raw, 10)
     with pytest.raises(BadRequest):
-        check_depth(value, 9)
+        check_depth(raw, 9)
+
+
+# Strings that look like structure: brackets, quotes and backslashes must not count as nesting.
+_TRICKY_STRINGS = st.sampled_from(['[', ']', '{', '}', '"', '\\', '\\"', '"[', '}"', '\\\\"]', 'é[', '""', "x"])
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=5)  # JSON text holds no lone surrogates
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TEXT | _TRICKY_STRINGS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT | _TRICKY_STRINGS, children, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON, st.booleans())
+def test_depth_check_matches_the_decoded_tree(value: Any, indent: bool) -> None:
+    raw = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
+    depth = tree_depth(value)
+    check_depth(raw, max(depth, 1))
+    if depth > 1:
+        with pytest.raises(BadRequest, match=f"deeper than {depth - 1} levels"):
+            check_depth(raw, depth - 1)

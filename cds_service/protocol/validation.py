@@ -7,6 +7,7 @@ so that an integration engineer can fix the request without reading our code.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
@@ -30,28 +31,39 @@ def decode_json(raw: bytes, *, max_depth: int) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson also refuses invalid UTF-8 and nesting beyond its own hard limit (1024) here.
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    check_depth(value, max_depth)
+    check_depth(raw, max_depth)
     return value
 
 
-def check_depth(value: Any, max_depth: int) -> None:
-    """Refuse documents nested deeper than ``max_depth``.
+# Everything but quotes and brackets, deleted by bytes.translate (C speed).
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
 
-    Level by level over containers only, without recursion (a hostile body cannot exhaust the
-    stack). Exact ``type`` checks are safe because decoded JSON holds only dict and list
-    containers, and they are what keeps this cheap on every request.
+
+def check_depth(raw: bytes, max_depth: int) -> None:
+    """Refuse a JSON text (already parsed, so known valid) nested deeper than ``max_depth`` containers.
+
+    Works on the bytes, with C-speed primitives only: walking the decoded tree in Python cost more
+    than parsing the body (about 3 µs per resource). Escapes go first (a ``\\"`` is not a quote),
+    then everything but quotes and brackets; removing two adjacent quotes never changes which
+    brackets lie inside a string (it keeps the parity of the quotes before each), so the empty
+    strings left by the common case go with one ``replace``, and the rest with one regular
+    expression. What remains is the bare bracket structure; each pass removes exactly its innermost
+    containers (leaves become a marker first, so a container emptied in this pass waits for the
+    next), and the depth is the number of passes. A hostile body costs at most ``max_depth`` passes.
     """
-    level = [value] if type(value) is dict or type(value) is list else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > max_depth:
-            raise BadRequest(f"the request body is nested deeper than {max_depth} levels")
-        children: list[Any] = []
-        for node in level:
-            members = node.values() if type(node) is dict else node
-            children.extend([child for child in members if type(child) is dict or type(child) is list])
-        level = children
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(b"", raw)
+    structure = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in structure:
+        structure = _STRING.sub(b"", structure)
+    for _level in range(max_depth):
+        if not structure:
+            return
+        structure = structure.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
+    if structure:
+        raise BadRequest(f"the request body is nested deeper than {max_depth} levels")
 
 
 def _load_schema(name: str) -> dict[str, Any]:
