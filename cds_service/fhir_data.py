@@ -295,13 +295,13 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     if not isinstance(links, list):
         return None
     for link in links:
-        if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return str(link["url"])
     return None
 
 
 def _is_resource(value: object) -> TypeGuard[Mapping[str, Any]]:
-    return isinstance(value, Mapping) and isinstance(value.get("resourceType"), str)
+    return isinstance(value, dict) and isinstance(value.get("resourceType"), str)
 
 
 def _bundle_resources(bundle: Mapping[str, Any]) -> Iterator[Resource]:
@@ -309,7 +309,7 @@ def _bundle_resources(bundle: Mapping[str, Any]) -> Iterator[Resource]:
     if not isinstance(entries, list):
         return
     for entry in entries:
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, dict):
             continue
         resource = entry.get("resource")
         # OperationOutcome entries (search.mode "outcome") are messages about the search, not patient data.

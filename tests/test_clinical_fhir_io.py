@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date
 from typing import Any
@@ -69,6 +70,24 @@ def read(reader: FhirReader, patient_record: PatientRecord, *drafts: dict[str, A
 )
 def test_parse_date_accepts_fhir_partial_dates_and_rejects_garbage(value: Any, expected: date | None) -> None:
     assert parse_date(value) == expected
+
+
+def reference_parse_date(value: str) -> date | None:
+    """The general path alone (the fast path for full dates must agree with it)."""
+    match = re.match(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", value)
+    if not match:
+        return None
+    try:
+        return date(int(match.group(1)), int(match.group(2) or "01"), int(match.group(3) or "01"))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789-T:Z+a ", max_size=14) | st.dates().map(date.isoformat))
+def test_parse_date_fast_path_agrees_with_the_general_path(value: str) -> None:
+    assert parse_date(value) == reference_parse_date(value)
+    assert parse_date(value + "T08:30:00Z") == reference_parse_date(value + "T08:30:00Z")
 
 
 # ------------------------------------------------------------------------------------------------ conditions

@@ -81,6 +81,29 @@ def test_unknown_system_code_or_empty_input_gives_nothing(knowledge: Knowledge) 
     assert knowledge.concepts_of(ICD10CM, "Z00.00") == frozenset()  # a routine check-up is nothing here
 
 
+def test_remembered_answers_equal_fresh_ones_and_the_memo_stays_bounded(
+    knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cds_service.knowledge import base
+
+    fresh = Knowledge(knowledge._tables)  # its own, empty memos
+    monkeypatch.setattr(base, "_MEMO_ENTRIES", 3)
+    codings = [(ICD10CM, "M54.41"), (SNOMED, "236435004"), ("urn:x", "1"), (ICD10CM, "M5441"), (ICD10CM, "M54.41")]
+    first = [fresh.concepts_of(system, code) for system, code in codings]
+    again = [fresh.concepts_of(system, code) for system, code in codings]
+    assert first == again == [knowledge.concepts_of(system, code) for system, code in codings]
+    assert first[0] == first[3] == {"low_back_pain", "sciatica"}
+    assert len(fresh._concepts_by_coding) <= 3
+    for text in ("physical therapy referral", "Lumbar MRI", "pacemaker", "physical therapy referral"):
+        assert fresh.concepts_of_text(text) == knowledge.concepts_of_text(text)
+    assert len(fresh._concepts_by_text) <= 3
+
+
+def test_unhashable_client_data_gives_nothing_rather_than_an_error(knowledge: Knowledge) -> None:
+    assert knowledge.concepts_of(ICD10CM, ["M54.41"]) == frozenset()  # type: ignore[arg-type]
+    assert knowledge.concepts_of({"system": ICD10CM}, "M54.41") == frozenset()  # type: ignore[arg-type]
+
+
 def test_one_code_can_belong_to_several_concepts(knowledge: Knowledge) -> None:
     assert knowledge.concepts_of(ICD10CM, "M54.41") == {"low_back_pain", "sciatica"}
     assert knowledge.concepts_of(ICD10CM, "M51.16") == {"lumbar_disc_disorder", "lumbar_radiculopathy"}

@@ -74,7 +74,11 @@ def _mutated(path: list[Any], value: Any = None, delete: bool = False) -> dict[s
             ),
             "(root): 'fhirServer' is a dependency of 'fhirAuthorization'",
         ),
-        (_mutated(["prefetch"], {"patient": "Patient/1"}), "prefetch.patient: 'Patient/1' is not valid"),
+        (
+            _mutated(["prefetch"], {"patient": "Patient/1"}),
+            "prefetch.patient: 'Patient/1' is not of type 'object', 'null'",
+        ),
+        (_mutated(["prefetch"], {"patient": {"id": "1"}}), "prefetch.patient: 'resourceType' is a required property"),
         (_mutated(["hook"], "order-sign"), "hook: 'order-sign' does not match service"),
         (
             _mutated(["context", "selections"], ["ServiceRequest/other"]),

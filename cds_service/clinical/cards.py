@@ -736,7 +736,7 @@ def _with_extensions(raw: Mapping[str, Any] | None, extensions: list[dict[str, A
     resource = _json_copy(raw)
     existing = resource.get("extension")
     existing = existing if isinstance(existing, list) else []
-    kept = [e for e in existing if not (isinstance(e, Mapping) and e.get("url") in _PAMA_URLS)]
+    kept = [e for e in existing if not (isinstance(e, dict) and e.get("url") in _PAMA_URLS)]
     resource["extension"] = kept + extensions
     return resource
 
@@ -749,11 +749,11 @@ def _merge(existing: list[Any], added: list[Any]) -> list[Any]:
 
 def _reason_key(reason: Any) -> frozenset[tuple[str, str]] | None:
     """The concept a reasonCode names: the set of its (system, normalised code) pairs; None without codes."""
-    if not isinstance(reason, Mapping) or not isinstance(reason.get("coding"), list):
+    if not isinstance(reason, dict) or not isinstance(reason.get("coding"), list):
         return None
     pairs: set[tuple[str, str]] = set()
     for coding in reason["coding"]:
-        if not isinstance(coding, Mapping) or not isinstance(coding.get("code"), str):
+        if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
             continue
         system = coding.get("system") if isinstance(coding.get("system"), str) else None
         pairs.add(coding_key(system, coding["code"]) or (system or "", coding["code"].strip()))

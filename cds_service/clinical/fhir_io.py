@@ -163,7 +163,7 @@ def _validated_part(resource: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _only(value: Any, keep: frozenset[str]) -> Any:
     """``value`` (an object or a list of objects) reduced to the members in ``keep``; anything else as is."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {key: member for key, member in value.items() if key.lstrip("_") in keep}
     if isinstance(value, list):
         return [_only(item, keep) for item in value]
@@ -255,6 +255,12 @@ def parse_date(value: Any) -> date | None:
     """Parse a FHIR date, dateTime or instant (partial dates allowed: "2024" -> 2024-01-01); None when absent or bad."""
     if not isinstance(value, str):
         return None
+    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+        # The common full date (or dateTime) in C; anything it refuses takes the general path below.
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            pass
     match = _DATE_RE.match(value)
     if not match:
         return None
@@ -267,34 +273,34 @@ def parse_date(value: Any) -> date | None:
 
 def _codings(concept: Any) -> list[tuple[str | None, str | None]]:
     """The (system, code) pairs of a CodeableConcept (raw JSON)."""
-    if not isinstance(concept, Mapping):
+    if not isinstance(concept, dict):
         return []
     codings = concept.get("coding")
     if not isinstance(codings, list):
         return []
-    return [(c.get("system"), c.get("code")) for c in codings if isinstance(c, Mapping)]
+    return [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
 
 
 def _label(concept: Any) -> str | None:
     """A readable name of a CodeableConcept: its text, else the first coding display."""
-    if not isinstance(concept, Mapping):
+    if not isinstance(concept, dict):
         return None
     text = concept.get("text")
     if isinstance(text, str) and text.strip():
         return text.strip()
     for coding in concept.get("coding") or ():
-        if isinstance(coding, Mapping) and isinstance(coding.get("display"), str) and coding["display"].strip():
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str) and coding["display"].strip():
             return str(coding["display"]).strip()
     return None
 
 
 def _code_refs(concept: Any) -> tuple[CodeRef, ...]:
     """ICD-10-CM and SNOMED codings of a CodeableConcept (what a suggested order's reasonCode carries)."""
-    if not isinstance(concept, Mapping):
+    if not isinstance(concept, dict):
         return ()
     refs = []
     for coding in concept.get("coding") or ():
-        if not isinstance(coding, Mapping):
+        if not isinstance(coding, dict):
             continue
         system, code = coding.get("system"), coding.get("code")
         if system in (SNOMED, ICD10CM) and isinstance(code, str) and code:
@@ -325,14 +331,14 @@ def _first(*values: Any) -> Any:
 
 
 def _period(value: Any) -> tuple[date | None, date | None]:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None, None
     return parse_date(value.get("start")), parse_date(value.get("end"))
 
 
 def _duration_days(value: Any) -> float | None:
     """Days of a FHIR Duration ({value, unit|code})."""
-    if not isinstance(value, Mapping) or not isinstance(value.get("value"), int | float):
+    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float):
         return None
     unit = str(value.get("code") or value.get("unit") or "d").lower()
     per_unit = _DAYS_PER_UNIT.get(unit)
@@ -443,11 +449,11 @@ class FhirReader:
         collector = _Collector()
         collector.skipped.extend(order_skips)
         for patient in record.of_type("Patient")[:1]:
-            if isinstance(patient, Mapping) and self._validate(patient, collector):
+            if isinstance(patient, dict) and self._validate(patient, collector):
                 self._read_patient(patient, collector, today)
         for resource_type, reader in self._readers.items():
             for resource in record.of_type(resource_type):
-                if not isinstance(resource, Mapping):
+                if not isinstance(resource, dict):
                     collector.skipped.append(f"{resource_type} skipped: not a JSON object")
                     continue
                 try:
@@ -466,10 +472,10 @@ class FhirReader:
         """Recognise the orders of a draftOrders Bundle (any FHIR version; ``type`` may be missing)."""
         orders: list[DraftOrder] = []
         notes: list[str] = []
-        entries = bundle.get("entry") if isinstance(bundle, Mapping) else None
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
         for entry in entries if isinstance(entries, list) else ():
-            resource = entry.get("resource") if isinstance(entry, Mapping) else None
-            if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
                 continue
             reference = _reference(resource)
             selected = selections is None or any(s == reference or s.endswith("/" + reference) for s in selections)
@@ -777,7 +783,7 @@ class FhirReader:
         self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
     ) -> None:
         type_ = resource.get("type")
-        names = [n.get("name") for n in _as_list(resource.get("deviceName")) if isinstance(n, Mapping)]
+        names = [n.get("name") for n in _as_list(resource.get("deviceName")) if isinstance(n, dict)]
         concepts = self._knowledge.concepts_of_codings(_codings(type_)) | self._knowledge.concepts_of_text(
             _label(type_)
         )
@@ -936,7 +942,7 @@ def _validation_error(model: Any, resource: Mapping[str, Any]) -> str | None:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     """The value when it is a JSON object, else an empty one (lenient navigation of raw JSON)."""
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -969,19 +975,19 @@ def _not_counted_reason(info: MedicationInfo) -> NotCountedReason | None:
 
 def _dose_text(resource: Mapping[str, Any]) -> str | None:
     for dosage in _as_list(resource.get("dosage")) + _as_list(resource.get("dosageInstruction")):
-        if isinstance(dosage, Mapping) and isinstance(dosage.get("text"), str) and dosage["text"].strip():
+        if isinstance(dosage, dict) and isinstance(dosage.get("text"), str) and dosage["text"].strip():
             return str(dosage["text"]).strip()
     return None
 
 
 def _contained_medication_code(resource: Mapping[str, Any]) -> Any:
     reference = resource.get("medicationReference")
-    target = reference.get("reference") if isinstance(reference, Mapping) else None
+    target = reference.get("reference") if isinstance(reference, dict) else None
     if isinstance(target, str) and target.startswith("#"):
         for contained in _as_list(resource.get("contained")):
-            if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
                 return contained.get("code")
-    if isinstance(reference, Mapping) and isinstance(reference.get("display"), str):
+    if isinstance(reference, dict) and isinstance(reference.get("display"), str):
         return {"text": reference["display"]}
     return None
 

@@ -44,6 +44,19 @@ PROCEDURE_KEYS: Final[tuple[str, ...]] = (
 ACR_VARIANTS: Final[tuple[int, ...]] = (1, 2, 3, 4, 5, 6, 7)
 
 _EMPTY: Final[frozenset[str]] = frozenset()
+# Bounds of the lookup memos: far above the distinct codings and labels of real charts, far below a worker's memory.
+_MEMO_ENTRIES: Final = 50_000
+_MEMO_TEXT_LENGTH: Final = 200
+
+
+def _remember(memo: dict[Any, frozenset[str]], key: Any, value: frozenset[str]) -> None:
+    """Store a lookup answer; a full memo starts again rather than grow (a client sending junk codes cannot bloat it).
+
+    Thread-safe without a lock: each dict operation is atomic under the GIL, and a lost entry is only recomputed.
+    """
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,10 @@ class Knowledge:
         self._tables = tables
         self.version = tables.version
         self.thresholds = thresholds if thresholds is not None else Thresholds()
+        # Answers by the coding or text exactly as it arrived: a chart repeats the same few codings, and
+        # normalising the system and code (or running the keyword pattern) costs more than the lookup.
+        self._concepts_by_coding: dict[tuple[object, object], frozenset[str]] = {}
+        self._concepts_by_text: dict[str, frozenset[str]] = {}
 
     def with_thresholds(self, thresholds: Thresholds) -> Knowledge:
         """The same knowledge with other thresholds (per-service overrides); shares every table."""
@@ -173,10 +190,17 @@ class Knowledge:
 
     def concepts_of(self, system: str | None, code: str | None) -> frozenset[str]:
         """Concept keys whose value set holds this coding (empty for unknown systems or codes)."""
-        key = coding_key(system, code)
-        if key is None:
+        arrived = (system, code)
+        try:
+            return self._concepts_by_coding[arrived]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable client data (a list where a string belongs): nothing to remember
             return _EMPTY
-        return self._tables.concepts.get(key, _EMPTY)
+        key = coding_key(system, code)
+        concepts = self._tables.concepts.get(key, _EMPTY) if key is not None else _EMPTY
+        _remember(self._concepts_by_coding, arrived, concepts)
+        return concepts
 
     def concepts_of_codings(self, codings: Iterable[tuple[str | None, str | None]]) -> frozenset[str]:
         """Union of :meth:`concepts_of` over several codings (e.g. all codings of one CodeableConcept)."""
@@ -196,10 +220,15 @@ class Knowledge:
         pattern = self._tables.keyword_pattern
         if not text or not isinstance(text, str) or pattern is None:
             return _EMPTY
+        remembered = self._concepts_by_text.get(text)
+        if remembered is not None:
+            return remembered
         found: frozenset[str] = _EMPTY
         for match in pattern.finditer(text):
             keyword = _SEPARATORS.sub(" ", match.group(0).lower())
             found = found | self._tables.keyword_concepts.get(keyword, _EMPTY)
+        if len(text) <= _MEMO_TEXT_LENGTH:  # labels, not narratives
+            _remember(self._concepts_by_text, text, found)
         return found
 
     def display(self, system: str | None, code: str | None) -> str | None:

@@ -188,18 +188,22 @@ def _compact_object(value: Mapping[str, Any]) -> dict[str, Any]:
     return compacted
 
 
+# Leaves by exact type: most nodes are strings, and an exact-type test skips the (slow) ABC check of Mapping.
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def _compact(value: Any) -> Any:
     """Drop None and empty members recursively (CDS Hooks 2.0 §Use of JSON).
 
     Runs over every resource a response carries, so leaves (most of the nodes) are handled
     inline rather than by a call per leaf.
     """
-    if isinstance(value, Mapping):
+    if isinstance(value, dict) or (not isinstance(value, list | tuple) and isinstance(value, Mapping)):
         out = {}
         for key, item in value.items():
             if item is None or item == "":
                 continue
-            if isinstance(item, Mapping | list | tuple):
+            if type(item) not in _SCALARS and isinstance(item, dict | list | tuple | Mapping):
                 item = _compact(item)
                 if not item:
                     continue
@@ -210,7 +214,7 @@ def _compact(value: Any) -> Any:
         for item in value:
             if item is None or item == "":
                 continue
-            if isinstance(item, Mapping | list | tuple):
+            if type(item) not in _SCALARS and isinstance(item, dict | list | tuple | Mapping):
                 item = _compact(item)
                 if not item:
                     continue
