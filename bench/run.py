@@ -37,6 +37,9 @@ import generate  # noqa: E402  (sibling module; bench/ is scripts, not a package
 from loadgen import LoadGenerator, Payload, RoundResult  # noqa: E402
 
 SERVICE_PATH = f"/cds-services/{generate.SERVICE_ID}"
+# What a 200-resource marginal figure can resolve: 2 us x 150 resources = 0.3 ms, about the jitter between the
+# p50s of short single-client rounds on a shared 2-core machine.
+PER_RESOURCE_RESOLUTION_US = 2.0
 VARIANTS_PER_SIZE = 4  # distinct patients per size (CT and MRI orders alternate)
 
 
@@ -437,8 +440,10 @@ def check_budgets(figures: list[CellFigures], budgets: Budgets) -> list[Check]:
     ratio = typical_10.throughput_rps / ceiling_10.throughput_rps if ceiling_10.throughput_rps else 0.0
     per_resource_medium = time_per_resource(figures, "medium")
     per_resource_large = time_per_resource(figures, "large")
-    # A per-resource cost at or below zero means the record size does not show at all: linear enough.
-    linearity = per_resource_large / per_resource_medium if per_resource_medium > 0 else 0.0
+    # The 200-resource figure is the difference of four p50s over only 150 extra resources: below the
+    # resolution it reads as noise (even negative), and a ratio over noise means nothing. It counts as at least
+    # the resolution, so a tiny per-resource cost passes while a super-linear one still fails.
+    linearity = per_resource_large / max(per_resource_medium, PER_RESOURCE_RESOLUTION_US)
     return [
         Check("typical p50, 1 client (ms)", typical_1.p50_ms, budgets.typical_p50_ms,
               typical_1.p50_ms < budgets.typical_p50_ms, f"< {budgets.typical_p50_ms:g} ms"),
@@ -452,7 +457,8 @@ def check_budgets(figures: list[CellFigures], budgets: Budgets) -> list[Check]:
         Check("large p50, 1 client (ms)", large_1.p50_ms, budgets.large_p50_ms,
               large_1.p50_ms < budgets.large_p50_ms, f"< {budgets.large_p50_ms:g} ms"),
         Check("time per resource 2,000 / 200", linearity, budgets.linearity, linearity <= budgets.linearity,
-              f"<= {budgets.linearity:g} ({per_resource_medium:.1f} vs {per_resource_large:.1f} us/resource)"),
+              f"<= {budgets.linearity:g} ({per_resource_medium:.1f} vs {per_resource_large:.1f} us/resource; "
+              f"under {PER_RESOURCE_RESOLUTION_US:g} us counts as {PER_RESOURCE_RESOLUTION_US:g})"),
     ]
 
 

@@ -120,6 +120,23 @@ def test_each_budget_fails_on_its_own(changes: dict[str, float], failing: str) -
     assert _failed(run.check_budgets(_figures(**changes), run.Budgets())) == {failing}
 
 
+@pytest.mark.parametrize(
+    ("medium_p50", "large_p50", "passes"),
+    [
+        (2.9, 5.0, True),  # own cost per resource: -0.7 us at 200 (noise), 1.0 us at 2,000: nothing super-linear
+        (3.15, 6.9, True),  # 1.0 us at 200 reads as 2 us; 2.0 us at 2,000: ratio 1.0 (2.0 without the floor)
+        (3.15, 12.0, False),  # 1.0 us at 200 reads as 2 us; 4.6 us at 2,000: ratio 2.3, super-linear
+    ],
+)
+def test_a_per_resource_cost_below_the_resolution_counts_as_the_resolution(
+    medium_p50: float, large_p50: float, passes: bool
+) -> None:
+    # The ceiling's own p50s (1.0, 1.5, 10 ms) are subtracted first: own(typical) = 4 - 1 = 3 ms.
+    figures = _figures(medium_p50=medium_p50 + 1.5, large_p50=large_p50 + 10.0)
+    failed = _failed(run.check_budgets(figures, run.Budgets()))
+    assert ("time per resource 2,000 / 200" not in failed) is passes
+
+
 def test_short_budgets_tolerate_what_full_budgets_refuse() -> None:
     figures = _figures(typical_p99=80.0, service_rps=300.0)
     assert _failed(run.check_budgets(figures, run.Budgets())) == {
