@@ -149,10 +149,32 @@ def test_made_up_icd_code_and_bad_range(knowledge_dir: Path) -> None:
             }
         )
 
+    # The loader reads only the shipped snapshot: a filter or code it does not hold may be new or wrong,
+    # and regenerating tells which (the generator rejects both: test_knowledge_icd10cm_snapshot.py).
     problems = _problems_after(knowledge_dir, "valuesets/malignancy.json", change)
     file = "valuesets/malignancy.json"
-    assert f"{file}: compose.include[1]: 'C96-C00' is neither an ICD-10-CM code nor a category range" in problems
-    assert f"{file}: compose.include[6]: C99.9 is not an ICD-10-CM code" in problems
+    regenerate = "regenerate it with `python -m cds_service.knowledge.icd10cm --write`"
+    assert (
+        f"{file}: compose.include[1]: ICD-10-CM filter 'C96-C00' is not in icd10cm_snapshot.json "
+        f"(it may be neither an ICD-10-CM code nor a category range); {regenerate}"
+    ) in problems
+    assert (
+        f"{file}: compose.include[6]: C99.9 is not in icd10cm_snapshot.json (it may not be an ICD-10-CM code); "
+        f"{regenerate}"
+    ) in problems
+
+
+def test_icd_filter_missing_from_the_snapshot(knowledge_dir: Path) -> None:
+    # A valid ICD-10-CM category added to a value set without regenerating the snapshot.
+    def change(data: Any) -> None:
+        data["compose"]["include"][1]["filter"].append({"property": "concept", "op": "is-a", "value": "C80"})
+
+    problems = _problems_after(knowledge_dir, "valuesets/malignancy.json", change)
+    assert problems == [
+        "valuesets/malignancy.json: compose.include[1]: ICD-10-CM filter 'C80' is not in icd10cm_snapshot.json "
+        "(it may be neither an ICD-10-CM code nor a category range); "
+        "regenerate it with `python -m cds_service.knowledge.icd10cm --write`"
+    ]
 
 
 def test_expansion_must_match_compose(knowledge_dir: Path) -> None:

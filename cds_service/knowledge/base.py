@@ -326,13 +326,9 @@ def load_knowledge() -> Knowledge:
 
     Raises :class:`ConfigurationError` naming the file and the problem when a file is wrong.
     """
-    from cds_service.knowledge import icd10cm
     from cds_service.knowledge.loader import load_knowledge_from
 
-    knowledge = load_knowledge_from()
-    # Built once per process: the ICD-10-CM package's tables are no longer needed.
-    icd10cm.release()
-    return knowledge
+    return load_knowledge_from()
 
 
 def check_knowledge() -> list[str]:

@@ -3,6 +3,7 @@
 Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE_VERSION`):
 
 ``valuesets/<concept key>.json``  FHIR R4 ValueSets; ICD-10-CM filters expanded here
+``icd10cm_snapshot.json``         ICD-10-CM expansions and descriptions (generated: see ``icd10cm.py``)
 ``keywords.json``                 text keywords per concept (lower confidence)
 ``medications.json``              NSAID and systemic corticosteroid codes, products, text rules
 ``procedures.json``               imaging codes -> ACR procedure keys; the suggested MRI order
@@ -173,6 +174,9 @@ def _load_valuesets(
     concepts: dict[tuple[str, str], set[str]] = {}
     displays: dict[tuple[str, str], str] = {}
     infos: dict[str, ValueSetInfo] = {}
+    snapshot_problem = icd10cm.snapshot_problem()
+    if snapshot_problem is not None:
+        problems.add(icd10cm.SNAPSHOT_FILE, snapshot_problem)
     folder = directory / "valuesets"
     present = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
     for extra in sorted(present - set(CONCEPT_KEYS)):
@@ -247,7 +251,12 @@ def _valueset_codes(file: str, key: str, data: Mapping[str, Any], problems: _Pro
             elif item.get("property") != "concept" or item.get("op") != "is-a":
                 problems.add(file, f"{where}: only the filter property 'concept' with op 'is-a' is supported")
             elif not icd10cm.is_valid_filter(value):
-                problems.add(file, f"{where}: {value!r} is neither an ICD-10-CM code nor a category range")
+                if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
+                    problems.add(
+                        file,
+                        f"{where}: ICD-10-CM filter {value!r} is not in {icd10cm.SNAPSHOT_FILE} (it may be neither "
+                        f"an ICD-10-CM code nor a category range); regenerate it with `{icd10cm.REGENERATE}`",
+                    )
             else:
                 codes += [(ICD10CM, normalise_code(ICD10CM, code), text) for code, text in icd10cm.expand(value)]
     listed = {
@@ -268,7 +277,12 @@ def _valueset_codes(file: str, key: str, data: Mapping[str, Any], problems: _Pro
 
 def _icd_display_matches(file: str, where: str, code: str, display: str, problems: _Problems) -> bool:
     if not icd10cm.is_code(code):
-        problems.add(file, f"{where}: {code} is not an ICD-10-CM code")
+        if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
+            problems.add(
+                file,
+                f"{where}: {code} is not in {icd10cm.SNAPSHOT_FILE} (it may not be an ICD-10-CM code); "
+                f"regenerate it with `{icd10cm.REGENERATE}`",
+            )
         return False
     expected = icd10cm.description(code)
     if display != expected:
