@@ -333,6 +333,11 @@ def test_only_the_elements_the_rules_read_are_validated(reader: FhirReader) -> N
     broken = condition(ICD, "C61", onset="2019-03-04", id="cond-broken")
     broken["subject"] = "Patient/1"
     assert read(reader, record(lbp(), broken)).skipped[0].startswith("Condition/cond-broken skipped: subject")
+    # A primitive's extension travels with its element: a malformed one is validated, and skips the resource.
+    extended = condition(ICD, "C61", onset="2019-03-04", id="cond-extended")
+    extended["_onsetDateTime"] = "not an Element"
+    skipped = read(reader, record(lbp(), extended)).skipped
+    assert skipped[0].startswith("Condition/cond-extended skipped: _onsetDateTime")
 
 
 def test_an_invalid_patient_is_reported_without_its_id(reader: FhirReader) -> None:

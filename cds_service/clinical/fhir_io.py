@@ -60,12 +60,18 @@ from cds_service.knowledge import Knowledge, MedicationInfo, Thresholds
 from cds_service.knowledge.systems import CPT, ICD10CM, SNOMED
 from cds_service.record import PatientRecord
 
+
+def _with_extensions(*elements: str) -> frozenset[str]:
+    """The element names and their primitive extensions ("_onsetDateTime" travels with "onsetDateTime")."""
+    return frozenset({*elements, *(f"_{element}" for element in elements)})
+
+
 # The elements the rules read, plus the elements R4 requires, per resource type. Only these are
 # validated with fhir.resources (issue 5: "parse and validate only what the rules need"): it keeps a
 # relevant resource's validation to about 60 % of a full one, and elements no rule reads (narrative,
 # meta, identifiers, notes ...) cannot make a resource be skipped. Keep in step with the readers below.
 _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {
-    resource_type: frozenset({"resourceType", "id", *elements})
+    resource_type: _with_extensions("resourceType", "id", *elements)
     for resource_type, elements in {
         "Patient": ("birthDate", "gender"),
         "Condition": (
@@ -142,9 +148,9 @@ _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {
 
 # Within the heaviest elements, the parts the rules read (dose text and timing; supply period).
 _VALIDATED_SUB_ELEMENTS: Mapping[str, frozenset[str]] = {
-    "dosage": frozenset({"text", "timing"}),
-    "dosageInstruction": frozenset({"text", "timing"}),
-    "dispenseRequest": frozenset({"validityPeriod", "expectedSupplyDuration"}),
+    "dosage": _with_extensions("text", "timing"),
+    "dosageInstruction": _with_extensions("text", "timing"),
+    "dispenseRequest": _with_extensions("validityPeriod", "expectedSupplyDuration"),
 }
 
 
@@ -153,8 +159,7 @@ def _validated_part(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     elements = _VALIDATED_ELEMENTS.get(resource.get("resourceType", ""))
     if elements is None:
         return resource
-    # A primitive's extension ("_onsetDateTime") travels with its element.
-    part = {key: value for key, value in resource.items() if key.lstrip("_") in elements}
+    part = {key: value for key, value in resource.items() if key in elements}
     for name, keep in _VALIDATED_SUB_ELEMENTS.items():
         if name in part:
             part[name] = _only(part[name], keep)
@@ -164,7 +169,7 @@ def _validated_part(resource: Mapping[str, Any]) -> Mapping[str, Any]:
 def _only(value: Any, keep: frozenset[str]) -> Any:
     """``value`` (an object or a list of objects) reduced to the members in ``keep``; anything else as is."""
     if isinstance(value, dict):
-        return {key: member for key, member in value.items() if key.lstrip("_") in keep}
+        return {key: member for key, member in value.items() if key in keep}
     if isinstance(value, list):
         return [_only(item, keep) for item in value]
     return value
