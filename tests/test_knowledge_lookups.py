@@ -97,11 +97,22 @@ def test_remembered_answers_equal_fresh_ones_and_the_memo_stays_bounded(
     for text in ("physical therapy referral", "Lumbar MRI", "pacemaker", "physical therapy referral"):
         assert fresh.concepts_of_text(text) == knowledge.concepts_of_text(text)
     assert len(fresh._concepts_by_text) <= 3
+    drugs = [(RXNORM, "5640"), (ATC, "M01AE01"), (ATC, "H02AB07"), (RXNORM, "999999999"), (RXNORM, "5640")]
+    for _ in range(2):
+        assert [fresh.medication(system, code) for system, code in drugs] == [
+            knowledge.medication(system, code) for system, code in drugs
+        ]
+    assert fresh.medication(RXNORM, "5640") is not None and fresh.medication(RXNORM, "999999999") is None
+    assert len(fresh._medication_by_coding) <= 3
+    for text in ("Ibuprofen 800 mg tablet", "aspirin 81 mg", "lisinopril", "Ibuprofen 800 mg tablet"):
+        assert fresh.medication_from_text(text) == knowledge.medication_from_text(text)
+    assert len(fresh._medication_by_text) <= 3
 
 
 def test_unhashable_client_data_gives_nothing_rather_than_an_error(knowledge: Knowledge) -> None:
     assert knowledge.concepts_of(ICD10CM, ["M54.41"]) == frozenset()  # type: ignore[arg-type]
     assert knowledge.concepts_of({"system": ICD10CM}, "M54.41") == frozenset()  # type: ignore[arg-type]
+    assert knowledge.medication(RXNORM, ["5640"]) is None  # type: ignore[arg-type]
 
 
 def test_one_code_can_belong_to_several_concepts(knowledge: Knowledge) -> None:

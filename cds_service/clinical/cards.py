@@ -273,11 +273,15 @@ class CardRenderer:
         """All cards (at most one per order and concern) and the rating system actions, in draft order."""
         cards: list[Card] = []
         actions: list[Action] = []
+        # The same trials are cited in a card's detail and in its suggested order's note: worded once per request.
+        therapy_lines = self.therapy_lines(decision.therapy) if any(o.concerns for o in decision.orders) else []
         for order_decision in decision.orders:
             if order_decision.rating is not None:
                 actions.append(self._rating_action(order_decision.order, order_decision.rating, context))
             for concern in order_decision.concerns:
-                cards.append(self._card(concern, order_decision, decision.therapy, facts, context))
+                cards.append(
+                    self._card(concern, order_decision, decision.therapy, therapy_lines, facts, context)
+                )
         return tuple(cards), tuple(actions)
 
     def rating_extensions(self, rating: Rating, consult: str) -> list[dict[str, Any]]:
@@ -325,6 +329,7 @@ class CardRenderer:
         concern: Concern,
         order_decision: OrderDecision,
         therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
         facts: ClinicalFacts,
         context: RenderContext,
     ) -> Card:
@@ -332,7 +337,7 @@ class CardRenderer:
         text = self._card_text(concern, order_decision)
         values = self._values(concern, order_decision, therapy)
         suggestions = tuple(
-            self._suggestion(concern, proposal, order_decision, therapy, facts, context)
+            self._suggestion(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
             for proposal in concern.proposals
         )
         reasons = tuple(
@@ -348,7 +353,7 @@ class CardRenderer:
             summary=_summary(_fill(str(text["summary"]), **self._limited(values))),
             indicator=concern.indicator,
             source=self._sources[concern.kind],
-            detail=self._detail(concern, order_decision, therapy, facts, values),
+            detail=self._detail(concern, order_decision, therapy, therapy_lines, facts, values),
             suggestions=suggestions,
             selection_behavior="at-most-one" if suggestions else None,
             override_reasons=reasons,
@@ -407,12 +412,13 @@ class CardRenderer:
         concern: Concern,
         order_decision: OrderDecision,
         therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
         facts: ClinicalFacts,
         values: Mapping[str, object],
     ) -> str:
         """Markdown: the card's explanation with the evidence found on record and the guideline."""
         template = str(self._card_text(concern, order_decision)["detail"])
-        lines = self._evidence_lines(concern, therapy, facts)
+        lines = self._evidence_lines(concern, therapy, therapy_lines, facts)
         egfr_note = ""
         if order_decision.no_recent_egfr and "no_recent_egfr" in self._texts.phrases:
             egfr_note = _fill(self._texts.phrases["no_recent_egfr"], **values)
@@ -431,7 +437,9 @@ class CardRenderer:
             },
         ).strip()
 
-    def _evidence_lines(self, concern: Concern, therapy: TherapyAssessment, facts: ClinicalFacts) -> list[str]:
+    def _evidence_lines(
+        self, concern: Concern, therapy: TherapyAssessment, therapy_lines: Sequence[str], facts: ClinicalFacts
+    ) -> list[str]:
         if concern.kind == "duplicate_mri":
             return [
                 _fill(
@@ -455,7 +463,7 @@ class CardRenderer:
             # Said once: long-term use is a red flag, not the failed trial the clinician may have meant.
             lines.append(self._texts.phrases["long_term_steroids"])
         if concern.kind in _THERAPY_EVIDENCE_CARDS:
-            lines.extend(self.therapy_lines(therapy))
+            lines.extend(therapy_lines)
             lines.extend(self._uncounted_lines(facts))
         return lines
 
@@ -574,6 +582,7 @@ class CardRenderer:
         proposal: Proposal,
         order_decision: OrderDecision,
         therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
         facts: ClinicalFacts,
         context: RenderContext,
     ) -> Suggestion:
@@ -586,10 +595,10 @@ class CardRenderer:
         if proposal.action == "delete":
             action = Action(type="delete", description=description, resource_id=order.reference, uuid=action_uuid)
         elif proposal.action == "create":
-            resource = self._new_order(concern, proposal, order_decision, therapy, facts, context)
+            resource = self._new_order(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
             action = Action(type="create", description=description, resource=resource, uuid=action_uuid)
         else:
-            resource = self._changed_order(concern, proposal, order_decision, therapy, facts, context)
+            resource = self._changed_order(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
             action = Action(type="update", description=description, resource=resource, uuid=action_uuid)
         return Suggestion(
             label=label,
@@ -631,7 +640,13 @@ class CardRenderer:
         return self.rating_extensions(rating, consult) if rating is not None else []
 
     def _order_fields(
-        self, concern: Concern, key: str, proposal: Proposal, therapy: TherapyAssessment, facts: ClinicalFacts
+        self,
+        concern: Concern,
+        key: str,
+        proposal: Proposal,
+        therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
+        facts: ClinicalFacts,
     ) -> dict[str, Any]:
         """What makes a suggested order complete: reasons, evidence references and notes (PRODUCT.md §3.5)."""
         # One reasonCode per condition (its ICD-10-CM and SNOMED codes together): the red flags that justify the
@@ -643,8 +658,9 @@ class CardRenderer:
         supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
         supporting += [f.reference for f in therapy.physical_therapy]
         notes = self._terms["order_notes"]
-        lines = self.therapy_lines(therapy)
-        therapy_note = _fill(notes["therapy"], therapy="; ".join(lines)) if lines else notes["no_therapy"]
+        therapy_note = (
+            _fill(notes["therapy"], therapy="; ".join(therapy_lines)) if therapy_lines else notes["no_therapy"]
+        )
         order_notes = [{"text": therapy_note}]
         if key in self._mri_keys:  # the MRI protocol (sequences, field strength) belongs on an MRI order only
             order_notes.append({"text": _fill(notes["protocol"], protocol=self._mri_protocol)})
@@ -672,6 +688,7 @@ class CardRenderer:
         proposal: Proposal,
         order_decision: OrderDecision,
         therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
         facts: ClinicalFacts,
         context: RenderContext,
     ) -> dict[str, Any]:
@@ -689,7 +706,7 @@ class CardRenderer:
             "encounter": {"reference": f"Encounter/{context.encounter_id}"} if context.encounter_id else None,
             "requester": {"reference": context.user_id} if context.user_id and "/" in context.user_id else None,
         }
-        resource.update(self._order_fields(concern, key, proposal, therapy, facts))
+        resource.update(self._order_fields(concern, key, proposal, therapy, therapy_lines, facts))
         return resource
 
     def _changed_order(
@@ -698,6 +715,7 @@ class CardRenderer:
         proposal: Proposal,
         order_decision: OrderDecision,
         therapy: TherapyAssessment,
+        therapy_lines: Sequence[str],
         facts: ClinicalFacts,
         context: RenderContext,
     ) -> dict[str, Any]:
@@ -713,7 +731,7 @@ class CardRenderer:
         resource.setdefault("status", "draft")
         resource.setdefault("intent", "order")
         resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})
-        fields = self._order_fields(concern, key, proposal, therapy, facts)
+        fields = self._order_fields(concern, key, proposal, therapy, therapy_lines, facts)
         for member in ("reasonCode", "reasonReference", "supportingInfo", "note"):
             existing = resource.get(member)
             resource[member] = _merge(existing if isinstance(existing, list) else [], fields[member])

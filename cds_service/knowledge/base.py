@@ -49,7 +49,7 @@ _MEMO_ENTRIES: Final = 50_000
 _MEMO_TEXT_LENGTH: Final = 200
 
 
-def _remember(memo: dict[Any, frozenset[str]], key: Any, value: frozenset[str]) -> None:
+def _remember(memo: dict[Any, Any], key: Any, value: object) -> None:
     """Store a lookup answer; a full memo starts again rather than grow (a client sending junk codes cannot bloat it).
 
     Thread-safe without a lock: each dict operation is atomic under the GIL, and a lost entry is only recomputed.
@@ -181,6 +181,8 @@ class Knowledge:
         # normalising the system and code (or running the keyword pattern) costs more than the lookup.
         self._concepts_by_coding: dict[tuple[object, object], frozenset[str]] = {}
         self._concepts_by_text: dict[str, frozenset[str]] = {}
+        self._medication_by_coding: dict[tuple[object, object], MedicationInfo | None] = {}
+        self._medication_by_text: dict[str, MedicationInfo | None] = {}
 
     def with_thresholds(self, thresholds: Thresholds) -> Knowledge:
         """The same knowledge with other thresholds (per-service overrides); shares every table."""
@@ -244,11 +246,27 @@ class Knowledge:
 
     def medication(self, system: str | None, code: str | None) -> MedicationInfo | None:
         """NSAID or systemic corticosteroid named by an RxNorm (ingredient or product) or ATC code, else None."""
-        return self._tables.medications.by_code(system, code)
+        arrived = (system, code)
+        try:
+            return self._medication_by_coding[arrived]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable client data: not a code
+            return None
+        info = self._tables.medications.by_code(system, code)
+        _remember(self._medication_by_coding, arrived, info)
+        return info
 
     def medication_from_text(self, text: str | None) -> MedicationInfo | None:
         """Ingredient-name match on display/text (confidence "text"), with dose form and aspirin dose from the text."""
-        return self._tables.medications.by_text(text)
+        if not isinstance(text, str) or len(text) > _MEMO_TEXT_LENGTH:
+            return self._tables.medications.by_text(text)
+        try:
+            return self._medication_by_text[text]
+        except KeyError:
+            info = self._tables.medications.by_text(text)
+            _remember(self._medication_by_text, text, info)
+            return info
 
     def medication_of_concept(
         self, codings: Iterable[tuple[str | None, str | None]], text: str | None
