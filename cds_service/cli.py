@@ -114,13 +114,7 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
 
         def load(self) -> Any:
             app = create_app(settings)
-            # Everything built at start-up (knowledge, models, schemas) lives as long as the worker:
-            # move it out of the collector's sight, and collect less often, since each request
-            # allocates many short-lived objects (pydantic models, JSON) and full collections would
-            # otherwise keep re-scanning the long-lived heap.
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(50_000, 20, 100)
+            tune_gc_for_serving()
             return app
 
     def _post_fork(server: Any, worker: Any) -> None:
@@ -129,6 +123,19 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
     Server().run()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def tune_gc_for_serving() -> None:
+    """Call once the app is built: what was built at start-up is frozen, and the collector runs less often.
+
+    Everything built at start-up (knowledge, models, schemas) lives as long as the worker: it is moved
+    out of the collector's sight. Each request allocates many short-lived objects (a 2,000-resource
+    body alone is some 100,000 dicts and lists), and with the default thresholds the collector would
+    run dozens of times per large request, re-scanning what the request still holds.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
