@@ -506,9 +506,14 @@ def draft_order(variant: int, patient_id: str, anchor: date) -> Resource:
 
 
 def build_request(size: int, *, seed: int = DEFAULT_SEED, variant: int = 0,
-                  anchor: date = DEFAULT_ANCHOR) -> dict[str, Any]:
-    """A complete ``order-select`` request whose prefetch holds exactly ``size`` resources."""
-    patient_id = f"bench-{size}-{variant}"
+                  anchor: date = DEFAULT_ANCHOR, fresh_patient: bool = False) -> dict[str, Any]:
+    """A complete ``order-select`` request whose prefetch holds exactly ``size`` resources.
+
+    ``fresh_patient``: the patient id carries the hookInstance placeholder too, so that the load
+    generator's fresh uuid makes every request a patient the service has never seen (every resource
+    references the patient): no content-keyed memo can help, the cold case.
+    """
+    patient_id = f"bench-{size}-{variant}" + (f"-{HOOK_INSTANCE_PLACEHOLDER}" if fresh_patient else "")
     record = build_record(size, seed=seed, variant=variant, anchor=anchor, patient_id=patient_id)
     base = "https://fhir.example.org/r4"
     prefetch: dict[str, Any] = {}

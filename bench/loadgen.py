@@ -28,19 +28,25 @@ class Payload:
     """A request body split around its hookInstance so that every request carries a fresh one cheaply."""
 
     path: str
-    parts: tuple[tuple[bytes, bytes], ...]  # (before, after) the placeholder, one per request variant
+    # Each request variant's body split at every placeholder: the fresh uuid is joined in wherever it stood
+    # (the hookInstance; with ``fresh_patient`` bodies, the patient id too).
+    parts: tuple[tuple[bytes, ...], ...]
     resources: int  # prefetch resources per request (for the cost-per-resource figures)
 
     @classmethod
     def from_bodies(cls, path: str, bodies: list[bytes], resources: int) -> Payload:
-        """Split each body at its (single) hookInstance placeholder."""
+        """Split each body at its hookInstance placeholder (and wherever else the placeholder stands)."""
         parts = []
         for body in bodies:
-            before, found, after = body.partition(HOOK_INSTANCE_PLACEHOLDER)
-            if not found or HOOK_INSTANCE_PLACEHOLDER in after:
-                raise ValueError("each body must contain the hookInstance placeholder exactly once")
-            parts.append((before, after))
+            segments = tuple(body.split(HOOK_INSTANCE_PLACEHOLDER))
+            if len(segments) < 2:
+                raise ValueError("each body must contain the hookInstance placeholder")
+            parts.append(segments)
         return cls(path=path, parts=tuple(parts), resources=resources)
+
+    def body(self, variant: int, fresh: bytes) -> bytes:
+        """Request variant ``variant`` (modulo the variants) with ``fresh`` in place of the placeholder."""
+        return fresh.join(self.parts[variant % len(self.parts)])
 
 
 @dataclass
@@ -141,10 +147,9 @@ def _client_loop(client_id: int, pipe: multiprocessing.connection.Connection) ->
             now = time.monotonic()
             if warm and now >= end_at:
                 break
-            before, after = payload.parts[variant % len(payload.parts)]
-            variant += 1
             counter += 1
-            body = before + str(uuid.UUID(int=(client_id << 64) | counter, version=4)).encode() + after
+            body = payload.body(variant, str(uuid.UUID(int=(client_id << 64) | counter, version=4)).encode())
+            variant += 1
             try:
                 status, began = _post(connections, port, payload.path, body, headers)
             except (OSError, http.client.HTTPException) as error:

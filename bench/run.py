@@ -321,13 +321,17 @@ def summarise(target: str, size: str, resources: int, clients: int, rounds: list
     )
 
 
-def build_payloads(seed: int, anchor: date) -> tuple[dict[str, Payload], dict[str, list[bytes]]]:
-    """The requests of every size (a few patients each), ready for the load generator, and the raw bodies."""
+def build_payloads(seed: int, anchor: date, *, cold: bool = False) -> tuple[dict[str, Payload], dict[str, list[bytes]]]:
+    """The requests of every size (a few patients each), ready for the load generator, and the raw bodies.
+
+    ``cold``: every request is a patient never seen before (see ``generate.build_request(fresh_patient=...)``).
+    """
     payloads: dict[str, Payload] = {}
     bodies: dict[str, list[bytes]] = {}
     for size_name, resources in generate.SIZES.items():
         bodies[size_name] = [
-            generate.encode(generate.build_request(resources, seed=seed, variant=variant, anchor=anchor))
+            generate.encode(generate.build_request(resources, seed=seed, variant=variant, anchor=anchor,
+                                                   fresh_patient=cold))
             for variant in range(VARIANTS_PER_SIZE)
         ]
         payloads[size_name] = Payload.from_bodies(SERVICE_PATH, bodies[size_name], resources)
@@ -486,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for both targets (default 2)")
     parser.add_argument("--seed", type=int, default=generate.DEFAULT_SEED)
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--cold", action="store_true", help="every request a patient never seen before (no memo "
+                        "of an earlier request can help); default: four patients per size, repeated as order-select is")
     parser.add_argument("--service-command", help="start the service with this shell-style command instead "
                         "({port} and {workers} are filled in; it must answer GET /readyz)")
     args = parser.parse_args(argv)
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = SHORT_PLAN if args.short else FULL_PLAN
     budgets = Budgets().relaxed() if args.short else Budgets()
     anchor = datetime.now(UTC).date()  # keeps the record "ten weeks into the episode" for the real clock
-    payloads, bodies = build_payloads(args.seed, anchor)
+    payloads, bodies = build_payloads(args.seed, anchor, cold=args.cold)
     settings = service_server_settings(args.workers)
 
     servers: dict[str, Server] = {}
@@ -519,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                             "ceiling_app:create_app()"], env, ceiling_port, "/healthz", workdir)
             for server in servers.values():
                 server.wait_ready()
+            patients = "a new one per request (--cold)" if args.cold else f"{VARIANTS_PER_SIZE} per size, repeated"
             print(f"service: {' '.join(command)} ({mode})\nserver settings (both): {asdict(settings)}\n"
-                  f"plan: {'short' if args.short else 'full'}, {plan.rounds} interleaved rounds per cell",
+                  f"plan: {'short' if args.short else 'full'}, {plan.rounds} interleaved rounds per cell; "
+                  f"patients: {patients}",
                   flush=True)
             answers = check_answers(servers, bodies)
             summaries = sorted({summary for answer in answers.values() for summary in answer["summaries"]})
@@ -549,9 +557,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    result_path = args.results_dir / f"{stamp}{'-short' if args.short else ''}.json"
+    result_path = args.results_dir / f"{stamp}{'-short' if args.short else ''}{'-cold' if args.cold else ''}.json"
     result_path.write_text(json.dumps({
-        "time": stamp, "mode": "short" if args.short else "full", "service_command": command,
+        "time": stamp, "mode": "short" if args.short else "full", "cold": args.cold, "service_command": command,
         "server_settings": asdict(settings), "plan": asdict(plan), "budgets": asdict(budgets),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "service_answers": answers, "figures": [asdict(row) for row in figures],

@@ -84,8 +84,22 @@ def test_hook_instance_placeholder_appears_once_for_the_load_generator() -> None
     assert body.count(generate.HOOK_INSTANCE_PLACEHOLDER.encode()) == 1
     loadgen = load_bench_module("loadgen")
     payload = loadgen.Payload.from_bodies("/cds-services/x", [body], 200)
-    before, after = payload.parts[0]
-    assert before + generate.HOOK_INSTANCE_PLACEHOLDER.encode() + after == body
+    assert payload.body(0, generate.HOOK_INSTANCE_PLACEHOLDER.encode()) == body
+    fresh = b"11111111-2222-4333-8444-555555555555"
+    assert json.loads(payload.body(0, fresh))["hookInstance"] == fresh.decode()
+
+
+def test_a_fresh_patient_request_is_a_new_patient_every_time() -> None:
+    body = generate.encode(generate.build_request(50, fresh_patient=True))
+    loadgen = load_bench_module("loadgen")
+    payload = loadgen.Payload.from_bodies("/cds-services/x", [body], 50)
+    first, second = (json.loads(payload.body(0, fresh)) for fresh in (b"a" * 36, b"b" * 36))
+    assert first["hookInstance"] == "a" * 36 and first["context"]["patientId"].endswith("a" * 36)
+    assert second["context"]["patientId"].endswith("b" * 36)
+    # Every resource of the record names the patient, so no two requests share a resource's content.
+    conditions = first["prefetch"]["conditions"]["entry"]
+    assert all(entry["resource"]["subject"]["reference"].endswith("a" * 36) for entry in conditions)
+    assert first["prefetch"]["patient"]["id"] == first["context"]["patientId"]
 
 
 @pytest.mark.parametrize("size_name", ["typical", "medium"])
