@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -56,6 +57,7 @@ from cds_service.clinical.facts import (
     SymptomEpisode,
     UncountedMedication,
 )
+from cds_service.clinical.fast_validation import QuickAcceptor
 from cds_service.knowledge import Knowledge, MedicationInfo, Thresholds
 from cds_service.knowledge.systems import CPT, ICD10CM, SNOMED
 from cds_service.record import PatientRecord
@@ -381,6 +383,12 @@ class _Collector:
     sex: str | None = None
 
 
+@lru_cache(maxsize=1)
+def quick_acceptor() -> QuickAcceptor:
+    """The quick check of plain shapes for every type the engine reads (built once per process)."""
+    return QuickAcceptor(_MODELS)
+
+
 class ValidationMemo:
     """Remembers validation verdicts by a digest of the validated content (bounded; thread-safe).
 
@@ -388,13 +396,16 @@ class ValidationMemo:
     order-select fires on every change to the order, then order-sign follows with the same
     prefetch. Validating a resource costs 40-100 µs with fhir.resources; its digest costs about
     5 µs. A resource whose content changes in any validated element gets a new digest, so a
-    verdict is never reused for different content.
+    verdict is never reused for different content. Content seen for the first time goes to the
+    quick check of plain shapes first (:mod:`cds_service.clinical.fast_validation`), and to
+    fhir.resources only when that cannot say yes.
     """
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 50_000, acceptor: QuickAcceptor | None = None) -> None:
         self._capacity = capacity
         self._verdicts: dict[bytes, str | None] = {}
         self._lock = threading.Lock()
+        self._acceptor = acceptor if acceptor is not None else quick_acceptor()
 
     def verdict(self, model: Any, part: Mapping[str, Any]) -> str | None:
         """None when ``part`` validates with ``model``; else the short reason (see ``_validation_error``)."""
@@ -407,7 +418,7 @@ class ValidationMemo:
             return self._verdicts[digest]
         except KeyError:
             pass
-        verdict = _validation_error(model, part)
+        verdict = None if self._acceptor.accepts(model.__name__, part) else _validation_error(model, part)
         with self._lock:
             if len(self._verdicts) >= self._capacity:
                 # Oldest first (dicts keep insertion order): a simple, bounded FIFO.
