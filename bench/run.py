@@ -149,6 +149,11 @@ class Server:
         leaves = [pid for pid, _ in tree if pid not in parents] or [self.process.pid]
         return [peak for pid in leaves if (peak := vm_hwm_kib(pid)) is not None]
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU used so far by the server's processes (master and workers, every thread)."""
+        pids = [self.process.pid, *(pid for pid, _ in descendants(self.process.pid))]
+        return sum(process_cpu_seconds(pid) for pid in pids)
+
     def stop(self) -> None:
         """SIGTERM the process group (gunicorn shuts its workers down), SIGKILL if it lingers."""
         if self.process.poll() is None:
@@ -181,6 +186,15 @@ def descendants(root: int) -> list[tuple[int, int]]:
             found.append((child, parent))
             pending.append(child)
     return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds, 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_kib(pid: int) -> int | None:
@@ -303,10 +317,14 @@ class CellFigures:
     p99_ms: float
     mean_ms: float
     best_round_p50_ms: float  # the lowest per-round p50: the round least disturbed by other load on the machine
+    # The server's CPU (all its processes) over the rounds, per timed request: what a request costs, whatever the
+    # scheduler did meanwhile (latency also counts time spent waiting for a core).
+    cpu_ms_per_request: float = float("nan")
 
 
-def summarise(target: str, size: str, resources: int, clients: int, rounds: list[RoundResult]) -> CellFigures:
-    """Turn the rounds of one target in one cell into the figures of one table row."""
+def summarise(target: str, size: str, resources: int, clients: int, rounds: list[RoundResult],
+              cpu_seconds: float = float("nan")) -> CellFigures:
+    """Turn the rounds of one target in one cell (and the CPU its server used in them) into one table row."""
     result = RoundResult()
     for round_result in rounds:
         result.merge(round_result)
@@ -318,6 +336,7 @@ def summarise(target: str, size: str, resources: int, clients: int, rounds: list
         p50_ms=percentile(latencies, 0.50) / 1e6, p99_ms=percentile(latencies, 0.99) / 1e6,
         mean_ms=(sum(latencies) / count / 1e6) if count else float("nan"),
         best_round_p50_ms=min(percentile(sorted(round_result.latencies_ns), 0.50) for round_result in rounds) / 1e6,
+        cpu_ms_per_request=cpu_seconds * 1000 / count if count else float("nan"),
     )
 
 
@@ -378,16 +397,19 @@ def measure(servers: dict[str, Server], payloads: dict[str, Payload], plan: Plan
             payload = payloads[size_name]
             seconds = plan.round_seconds[size_name]
             rounds: dict[str, list[RoundResult]] = {name: [] for name in servers}
+            cpu_seconds = dict.fromkeys(servers, 0.0)
             for round_index in range(plan.rounds):
                 order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
                 for name in order:
+                    before = servers[name].cpu_seconds()
                     rounds[name].append(generator.run_round(servers[name].port, payload, concurrency, seconds))
+                    cpu_seconds[name] += servers[name].cpu_seconds() - before
             for name, results in rounds.items():
                 failed = [result for result in results if result.errors]
                 if failed:
                     raise BenchmarkError(f"{name}, {size_name} x {concurrency}: {sum(r.errors for r in failed)} failed "
                                          f"requests (first: {failed[0].first_error})\n{servers[name].log_tail()}")
-                cell = summarise(name, size_name, payload.resources, concurrency, results)
+                cell = summarise(name, size_name, payload.resources, concurrency, results, cpu_seconds[name])
                 figures.append(cell)
                 print(f"  {name:8} {size_name:8} {concurrency:>2} clients: {cell.throughput_rps:8.1f} req/s  "
                       f"p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  ({cell.requests} requests)",
@@ -418,18 +440,19 @@ def cell(figures: list[CellFigures], target: str, size: str, clients: int) -> Ce
 
 
 def time_per_resource(figures: list[CellFigures], size: str) -> float:
-    """The service's own marginal time per resource, in microseconds, at ``size`` (single client, p50).
+    """The service's own marginal CPU time per resource, in microseconds, at ``size`` (single client).
 
-    ``own(n) = p50_service(n) - p50_ceiling(n)`` is what the service adds to the bare HTTP and JSON floor
-    for the same request (the floor itself grows a little faster than linearly with body size, and the
-    service cannot change that); anchoring at the typical request cancels the fixed cost of a request, so
-    ``(own(n) - own(typical)) / (n - 50)`` compares only how the per-resource cost changes with size.
-    Each p50 is the best round's: a difference of differences amplifies noise, and the least disturbed
-    round is the closest to the code's own cost on a shared machine.
+    ``own(n) = cpu_service(n) - cpu_ceiling(n)`` (CPU per request of each server, all its processes) is
+    what the service adds to the bare HTTP and JSON floor for the same request (the floor itself grows a
+    little faster than linearly with body size, and the service cannot change that); anchoring at the
+    typical request cancels the fixed cost of a request, so ``(own(n) - own(typical)) / (n - 50)``
+    compares only how the per-resource cost changes with size. CPU time, not latency: a difference of
+    differences amplifies noise, and on a shared machine a latency also holds the time spent waiting for
+    a core (the 2,000-resource p50 moved by a third between runs of the same code; its CPU by a few %).
     """
     def own(size_name: str) -> float:
         service, ceiling = cell(figures, "service", size_name, 1), cell(figures, "ceiling", size_name, 1)
-        return service.best_round_p50_ms - ceiling.best_round_p50_ms
+        return service.cpu_ms_per_request - ceiling.cpu_ms_per_request
 
     extra_resources = cell(figures, "service", size, 1).resources - cell(figures, "service", "typical", 1).resources
     return (own(size) - own("typical")) * 1000 / extra_resources
@@ -469,14 +492,15 @@ def check_budgets(figures: list[CellFigures], budgets: Budgets) -> list[Check]:
 def render_table(figures: list[CellFigures], memory: dict[str, list[int]]) -> str:
     """The human-readable result table."""
     lines = [f"{'target':8} {'size':8} {'res.':>5} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'mean ms':>8} {'ratio':>6}"]
+             f"{'mean ms':>8} {'cpu ms':>8} {'ratio':>6}"]
     for row in figures:
         ratio = ""
         if row.target == "service":
             ceiling = cell(figures, "ceiling", row.size, row.clients)
             ratio = f"{row.throughput_rps / ceiling.throughput_rps:.0%}" if ceiling.throughput_rps else "-"
         lines.append(f"{row.target:8} {row.size:8} {row.resources:>5} {row.clients:>7} {row.throughput_rps:>9.1f} "
-                     f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.mean_ms:>8.2f} {ratio:>6}")
+                     f"{row.p50_ms:>8.2f} {row.p99_ms:>8.2f} {row.mean_ms:>8.2f} {row.cpu_ms_per_request:>8.2f} "
+                     f"{ratio:>6}")
     for name, peaks in memory.items():
         listed = ", ".join(f"{peak / 1024:.1f}" for peak in peaks)
         lines.append(f"peak RSS per worker, {name}: {listed} MiB (VmHWM)")
@@ -547,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = check_budgets(figures, budgets)
     print()
     print(render_table(figures, memory))
-    print(f"time per resource (marginal, p50, 1 client): 200 -> {time_per_resource(figures, 'medium'):.1f} us, "
+    print(f"time per resource (marginal CPU, 1 client): 200 -> {time_per_resource(figures, 'medium'):.1f} us, "
           f"2,000 -> {time_per_resource(figures, 'large'):.1f} us; raw p50/resource: "
           f"{cell(figures, 'service', 'medium', 1).p50_ms * 1000 / 200:.1f} us vs "
           f"{cell(figures, 'service', 'large', 1).p50_ms * 1000 / 2000:.1f} us")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def _figures(
             p99_ms=p99,
             mean_ms=p50,
             best_round_p50_ms=p50,
+            cpu_ms_per_request=p50,  # the linearity figure reads CPU per request; here it equals the p50
         )
 
     return [
@@ -71,8 +73,9 @@ def test_cell_figures_merge_rounds_and_keep_the_best_round_p50() -> None:
             window_seconds=1.0,
         )
 
-    figures = run.summarise("service", "typical", 50, 1, [round_of([4, 5, 6], 3), round_of([2, 3, 30], 3)])
+    figures = run.summarise("service", "typical", 50, 1, [round_of([4, 5, 6], 3), round_of([2, 3, 30], 3)], 0.012)
     assert figures.requests == 6 and figures.throughput_rps == 3.0
+    assert figures.cpu_ms_per_request == pytest.approx(2.0)  # 12 ms of server CPU over six requests
     assert figures.p50_ms == 4.0  # nearest rank over all six: 2 3 4 5 6 30
     assert figures.best_round_p50_ms == 3.0
     assert figures.p99_ms == 30.0
@@ -135,6 +138,34 @@ def test_a_per_resource_cost_below_the_resolution_counts_as_the_resolution(
     figures = _figures(medium_p50=medium_p50 + 1.5, large_p50=large_p50 + 10.0)
     failed = _failed(run.check_budgets(figures, run.Budgets()))
     assert ("time per resource 2,000 / 200" not in failed) is passes
+
+
+def test_linearity_reads_cpu_per_request_not_latency() -> None:
+    def scaled(figures: list[Any], **factors: float) -> list[Any]:
+        return [
+            dataclasses.replace(row, **{name: getattr(row, name) * factor for name, factor in factors.items()})
+            if (row.target, row.size) == ("service", "large")
+            else row
+            for row in figures
+        ]
+
+    linearity = "time per resource 2,000 / 200"
+    # A large request that waited three times longer for a core, at the same CPU cost: still linear.
+    assert linearity not in _failed(run.check_budgets(scaled(_figures(), p50_ms=3, best_round_p50_ms=3), run.Budgets()))
+    # Three times the CPU for the same latency: super-linear.
+    assert linearity in _failed(run.check_budgets(scaled(_figures(), cpu_ms_per_request=3), run.Budgets()))
+
+
+def test_server_cpu_is_read_from_proc() -> None:
+    import os
+    import time
+
+    before = run.process_cpu_seconds(os.getpid())
+    burn_until = time.process_time() + 0.05  # 50 ms of CPU: several clock ticks
+    while time.process_time() < burn_until:
+        pass
+    assert run.process_cpu_seconds(os.getpid()) > before > 0
+    assert run.process_cpu_seconds(2**22 + 12345) == 0.0  # no such process
 
 
 def test_short_budgets_tolerate_what_full_budgets_refuse() -> None:
