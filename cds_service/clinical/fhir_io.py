@@ -1,12 +1,15 @@
 """The FHIR boundary: a PatientRecord and the draftOrders Bundle in, FHIR-free facts out.
 
-This is the ONLY module of the engine that imports ``fhir.resources``. Resources are handled in two steps
-because a large record (2,000 resources) cannot afford full model validation of everything:
+This is the only module of the engine that uses ``fhir.resources`` (with its helper
+:mod:`cds_service.clinical.fast_validation`, which reads the models' rules). Resources are handled in two
+steps because a large record (2,000 resources) cannot afford full model validation of everything:
 
 1. a pre-filter on the raw JSON (resource type, and whether any coding or text names a concept the
    knowledge base cares about), which costs one hash lookup per coding;
-2. validation of the relevant resources only, with the R4B models (``model_validate``). A resource that
-   fails is skipped and reported (``"<type>/<id> skipped: <reason>"``); it never fails the request.
+2. validation of the relevant resources only, of the elements the rules read: a verdict remembered for the
+   same content, else the quick check of plain shapes, else the R4B models (``model_validate``), which
+   alone refuse. A resource that fails is skipped and reported (``"<type>/<id> skipped: <reason>"``); it
+   never fails the request.
 
 Values are then read from the raw JSON that passed validation: FHIR partial dates (``"2024-05"``) stay
 strings in the models anyway, and reading the dict avoids a second walk through pydantic objects.
