@@ -154,3 +154,12 @@ def test_a_missing_required_element_goes_to_fhir_resources() -> None:
     del condition["subject"]
     assert not quick_acceptor().accepts("Condition", condition)
     assert _validation_error(_MODELS["Condition"], condition) == "subject: missing"
+
+
+def test_long_strings_are_checked_every_time_and_never_kept() -> None:
+    acceptor = QuickAcceptor(_MODELS)
+    condition = copy.deepcopy(next(part for kind, part in PARTS if kind == "Condition"))
+    condition["code"] = {"text": "low back pain " + "x" * 5_000}
+    assert acceptor.accepts("Condition", condition)
+    kept = list(acceptor._primitive_verdicts)
+    assert kept and all(not isinstance(value, str) or len(value) <= 200 for _adapter, _type, value in kept)

@@ -109,6 +109,20 @@ def test_remembered_answers_equal_fresh_ones_and_the_memo_stays_bounded(
     assert len(fresh._medication_by_text) <= 3
 
 
+def test_long_client_strings_are_answered_but_never_kept(knowledge: Knowledge) -> None:
+    fresh = Knowledge(knowledge._tables)
+    junk = "X" * 10_000
+    assert fresh.concepts_of(ICD10CM, junk) == frozenset()
+    assert fresh.concepts_of(junk, "M54.41") == frozenset()
+    assert fresh.medication(RXNORM, junk) is None
+    assert fresh.medication_from_text("ibuprofen " + junk) is not None  # still read, just not remembered
+    assert fresh.concepts_of_text("physical therapy " + junk) == knowledge.concepts_of_text("physical therapy")
+    assert not fresh._concepts_by_coding and not fresh._medication_by_coding
+    assert not fresh._medication_by_text and not fresh._concepts_by_text
+    assert fresh.concepts_of(ICD10CM, "M54.41") == {"low_back_pain", "sciatica"}
+    assert len(fresh._concepts_by_coding) == 1  # a label-sized key is kept
+
+
 def test_unhashable_client_data_gives_nothing_rather_than_an_error(knowledge: Knowledge) -> None:
     assert knowledge.concepts_of(ICD10CM, ["M54.41"]) == frozenset()  # type: ignore[arg-type]
     assert knowledge.concepts_of({"system": ICD10CM}, "M54.41") == frozenset()  # type: ignore[arg-type]

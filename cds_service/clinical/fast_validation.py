@@ -34,6 +34,7 @@ QUICK_DATATYPES: Final = frozenset(
 )  # fmt: skip
 # Bound of the per-value memo of primitive verdicts (codes, systems and displays repeat; ids and dates do not).
 _MEMO_ENTRIES: Final = 100_000
+_MEMO_VALUE_LENGTH: Final = 200  # characters; longer strings are validated every time, never kept
 _SCALAR_TYPES: Final = (str, bool, int, float)
 
 
@@ -113,9 +114,12 @@ class QuickAcceptor:
                 verdict = True
             except (ValidationError, ValueError, TypeError):
                 verdict = False
-            if len(self._primitive_verdicts) >= _MEMO_ENTRIES:
-                self._primitive_verdicts.clear()  # start again rather than grow; a lost entry is only recomputed
-            self._primitive_verdicts[key] = verdict
+            # Bounded in entries and in size: a full memo starts again rather than grow (a lost entry is only
+            # recomputed), and a long string (a narrative, or junk) is checked every time rather than kept.
+            if type(value) is not str or len(value) <= _MEMO_VALUE_LENGTH:
+                if len(self._primitive_verdicts) >= _MEMO_ENTRIES:
+                    self._primitive_verdicts.clear()
+                self._primitive_verdicts[key] = verdict
         return verdict
 
     # -- reading the models --------------------------------------------------------------------------

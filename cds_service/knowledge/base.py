@@ -50,10 +50,15 @@ _MEMO_TEXT_LENGTH: Final = 200
 
 
 def _remember(memo: dict[Any, Any], key: Any, value: object) -> None:
-    """Store a lookup answer; a full memo starts again rather than grow (a client sending junk codes cannot bloat it).
+    """Store a lookup answer, bounded in entries and in the length of what it keeps.
 
-    Thread-safe without a lock: each dict operation is atomic under the GIL, and a lost entry is only recomputed.
+    A full memo starts again rather than grow, and a key holding a string longer than a label is not kept at
+    all: entries and their size both bounded, a client sending junk codes cannot bloat a worker. Thread-safe
+    without a lock: each dict operation is atomic under the GIL, and a lost entry is only recomputed.
     """
+    parts = key if type(key) is tuple else (key,)
+    if any(type(part) is str and len(part) > _MEMO_TEXT_LENGTH for part in parts):
+        return
     if len(memo) >= _MEMO_ENTRIES:
         memo.clear()
     memo[key] = value
