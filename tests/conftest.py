@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cds_service.knowledge import Knowledge, load_knowledge
+
 POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -51,3 +53,9 @@ def redis_url() -> Iterator[str]:
     """URL of the real Redis server (database 15, flushed by the tests that use it)."""
     _require("Redis", "127.0.0.1", 6379)
     yield REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def knowledge() -> Knowledge:
+    """The knowledge base of this package (loaded once per process, as the service does)."""
+    return load_knowledge()

@@ -6,8 +6,10 @@ import importlib.util
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,3 +41,20 @@ def load_bench_module(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def empty_members(value: Any, path: str = "$") -> list[str]:
+    """Paths of the null, "", [] and {} members of a CDS Hooks response (2.0 forbids them; ``cards`` may be [])."""
+    return list(_empty_members(value, path))
+
+
+def _empty_members(value: Any, path: str) -> Iterator[str]:
+    if value is None or (isinstance(value, str | list | dict) and not value):
+        if path != "$.cards":
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _empty_members(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _empty_members(item, f"{path}[{index}]")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +179,23 @@ def test_short_budgets_tolerate_what_full_budgets_refuse() -> None:
     assert _failed(run.check_budgets(figures, run.Budgets().relaxed())) == set()
 
 
-def test_a_round_against_a_real_gunicorn_ceiling(tmp_path: Path) -> None:
+@contextmanager
+def ceiling_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The benchmark's ceiling app under real gunicorn (one gthread worker) on a free port: (port, process)."""
     port = free_port()
     settings = run.ServerSettings(workers=1, worker_class="gthread", threads=2, keepalive=5)
     command = [*run.gunicorn_base(settings, port), "--pythonpath", str(REPO / "bench"), "ceiling_app:create_app()"]
     server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
+        yield port, server
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_round_against_a_real_gunicorn_ceiling(tmp_path: Path) -> None:
+    with ceiling_server(tmp_path) as (port, server):
         bodies = [generate.encode(generate.build_request(50, variant=variant)) for variant in range(2)]
         payload = loadgen.Payload.from_bodies("/cds-services/lumbar-imaging-order-select", bodies, 50)
         with loadgen.LoadGenerator(2) as generator:
@@ -197,24 +209,13 @@ def test_a_round_against_a_real_gunicorn_ceiling(tmp_path: Path) -> None:
             assert again.errors == 0 and again.completed_in_window > 5
         workers = [pid for pid, _ in run.descendants(server.pid)]
         assert workers and all((run.vm_hwm_kib(pid) or 0) > 1024 for pid in workers)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_round_counts_http_errors_instead_of_latencies(tmp_path: Path) -> None:
-    port = free_port()
-    settings = run.ServerSettings(workers=1, worker_class="gthread", threads=2, keepalive=5)
-    command = [*run.gunicorn_base(settings, port), "--pythonpath", str(REPO / "bench"), "ceiling_app:create_app()"]
-    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
+    with ceiling_server(tmp_path) as (port, _server):
         body = generate.encode(generate.build_request(50))
         payload = loadgen.Payload.from_bodies("/no-such-path", [body], 50)
         with loadgen.LoadGenerator(1) as generator:
             result = generator.run_round(port, payload, 1, 0.2)
         assert result.errors > 0 and result.first_error == "HTTP 404"
         assert result.completed_in_window == 0
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

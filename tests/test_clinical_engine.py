@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import empty_members
 
 from cds_service.clinical import ClinicalEngine, Evaluation
 from cds_service.clinical.cards import (
@@ -67,16 +68,6 @@ def thaw(value: Any) -> Any:
     return value
 
 
-def walk(value: Any, path: str = "$") -> Iterator[tuple[str, Any]]:
-    yield path, value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from walk(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from walk(item, f"{path}[{index}]")
-
-
 # Scenarios that between them produce every kind of card and action.
 SCENARIOS: dict[str, tuple[HookRequest, PatientRecord]] = {
     "v3 ct converts": (request(draft_service_request("72131")), record(sciatica(), naproxen_trial())),
@@ -111,8 +102,7 @@ def test_responses_follow_cds_hooks_rules(engine: ClinicalEngine, name: str) -> 
     hook_request, patient_record = SCENARIOS[name]
     body = evaluate(engine, hook_request, patient_record)
     assert body["cards"], "every scenario here has something to say"
-    for path, value in walk(body):
-        assert value is not None and value != "" and value != [] and value != {}, path
+    assert empty_members(body) == []
     for card in body["cards"]:
         assert len(card["summary"]) < 140
         assert card["indicator"] in ("info", "warning", "critical")
@@ -474,9 +464,7 @@ def test_every_response_is_well_formed(
         assert code is not None and "Condition" in unavailable
         return
     body = response_to_json(evaluation.response)
-    for path, value in walk(body):
-        if path != "$.cards":  # {"cards": []} is the one empty member CDS Hooks allows
-            assert value is not None and value != "" and value != [] and value != {}, path
+    assert empty_members(body) == []  # {"cards": []} is the one empty member CDS Hooks allows
     kinds_per_order: list[str] = []
     for card in body["cards"]:
         assert len(card["summary"]) < 140

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cds_service.clinical.facts import Extraction
 from cds_service.clinical.fhir_io import FhirReader, parse_date
-from cds_service.knowledge import Knowledge, load_knowledge
+from cds_service.knowledge import Knowledge
 from cds_service.record import PatientRecord
 from tests.clinical_builders import (
     CPT,
@@ -39,11 +39,6 @@ from tests.clinical_builders import (
     record,
     sciatica,
 )
-
-
-@pytest.fixture(scope="module")
-def knowledge() -> Knowledge:
-    return load_knowledge()
 
 
 @pytest.fixture(scope="module")

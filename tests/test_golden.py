@@ -36,6 +36,7 @@ from typing import Any
 import jsonschema
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from support import empty_members
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
@@ -248,19 +249,6 @@ def _suggestions(response: Mapping[str, Any]) -> Iterator[tuple[dict[str, Any], 
         for suggestion in card.get("suggestions", []):
             for action in suggestion.get("actions", []):
                 yield card, suggestion, action
-
-
-def _empty_members(value: Any, path: str = "$") -> Iterator[str]:
-    """Paths of null, "", [] and {} members (CDS Hooks 2.0 forbids them in a response)."""
-    if value is None or (isinstance(value, str | list | dict) and not value):
-        if path != "$.cards":  # the one member allowed to be empty
-            yield path
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _empty_members(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _empty_members(item, f"{path}[{index}]")
 
 
 def _drafts(request: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -538,7 +526,7 @@ def test_response_is_valid_cds_hooks(name: str) -> None:
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     validator_class(schema).validate(response)
-    assert list(_empty_members(response)) == [], "null or empty members in the response"
+    assert empty_members(response) == [], "null or empty members in the response"
     for card in response["cards"]:
         assert len(card["summary"]) < 140
         if card.get("suggestions"):

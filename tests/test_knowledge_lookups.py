@@ -26,11 +26,6 @@ from cds_service.knowledge import (
 from cds_service.knowledge.systems import ATC, CPT, ICD10CM, LOINC, RADLEX, RXNORM, SNOMED
 
 
-@pytest.fixture(scope="module")
-def knowledge() -> Knowledge:
-    return load_knowledge()
-
-
 def test_loaded_once_per_process() -> None:
     assert load_knowledge() is load_knowledge()
 

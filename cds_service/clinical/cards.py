@@ -212,6 +212,17 @@ class RenderContext:
     today: date
 
 
+@dataclass(frozen=True)
+class _Rendering:
+    """What every card of one request draws on: the facts, the therapy assessment, its lines (worded once: a card's
+    detail and its suggested order's note cite the same trials) and the request's context."""
+
+    facts: ClinicalFacts
+    therapy: TherapyAssessment
+    therapy_lines: tuple[str, ...]
+    context: RenderContext
+
+
 def orderable_codings(knowledge: Knowledge) -> Mapping[str, tuple[tuple[str, str, str], ...]]:
     """``(system, code, display)`` a suggested order of each procedure key is coded with (built once per engine).
 
@@ -273,15 +284,15 @@ class CardRenderer:
         """All cards (at most one per order and concern) and the rating system actions, in draft order."""
         cards: list[Card] = []
         actions: list[Action] = []
-        # The same trials are cited in a card's detail and in its suggested order's note: worded once per request.
-        therapy_lines = self.therapy_lines(decision.therapy) if any(o.concerns for o in decision.orders) else []
+        has_cards = any(o.concerns for o in decision.orders)
+        rendering = _Rendering(
+            facts, decision.therapy, tuple(self.therapy_lines(decision.therapy)) if has_cards else (), context
+        )
         for order_decision in decision.orders:
             if order_decision.rating is not None:
                 actions.append(self._rating_action(order_decision.order, order_decision.rating, context))
             for concern in order_decision.concerns:
-                cards.append(
-                    self._card(concern, order_decision, decision.therapy, therapy_lines, facts, context)
-                )
+                cards.append(self._card(concern, order_decision, rendering))
         return tuple(cards), tuple(actions)
 
     def rating_extensions(self, rating: Rating, consult: str) -> list[dict[str, Any]]:
@@ -324,21 +335,12 @@ class CardRenderer:
             coding = Coding(self._texts.topic_system, str(topic["code"]), topic.get("display"))
         return Source(label=self._texts.source_label, url=self._texts.source_url, topic=coding)
 
-    def _card(
-        self,
-        concern: Concern,
-        order_decision: OrderDecision,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-        context: RenderContext,
-    ) -> Card:
+    def _card(self, concern: Concern, order_decision: OrderDecision, rendering: _Rendering) -> Card:
         order = order_decision.order
         text = self._card_text(concern, order_decision)
-        values = self._values(concern, order_decision, therapy)
+        values = self._values(concern, order_decision, rendering.therapy)
         suggestions = tuple(
-            self._suggestion(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
-            for proposal in concern.proposals
+            self._suggestion(concern, proposal, order_decision, rendering) for proposal in concern.proposals
         )
         reasons = tuple(
             self._texts.override_reasons[code]
@@ -349,11 +351,11 @@ class CardRenderer:
             self._texts.references[name] for name in text.get("references") or () if name in self._texts.references
         )
         return Card(
-            uuid=uuid_for(context.hook_instance, f"card:{concern.kind}", order.reference),
+            uuid=uuid_for(rendering.context.hook_instance, f"card:{concern.kind}", order.reference),
             summary=_summary(_fill(str(text["summary"]), **self._limited(values))),
             indicator=concern.indicator,
             source=self._sources[concern.kind],
-            detail=self._detail(concern, order_decision, therapy, therapy_lines, facts, values),
+            detail=self._detail(concern, order_decision, rendering, values),
             suggestions=suggestions,
             selection_behavior="at-most-one" if suggestions else None,
             override_reasons=reasons,
@@ -408,17 +410,11 @@ class CardRenderer:
 
     # ------------------------------------------------------------------------------------------ detail
     def _detail(
-        self,
-        concern: Concern,
-        order_decision: OrderDecision,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-        values: Mapping[str, object],
+        self, concern: Concern, order_decision: OrderDecision, rendering: _Rendering, values: Mapping[str, object]
     ) -> str:
         """Markdown: the card's explanation with the evidence found on record and the guideline."""
         template = str(self._card_text(concern, order_decision)["detail"])
-        lines = self._evidence_lines(concern, therapy, therapy_lines, facts)
+        lines = self._evidence_lines(concern, rendering)
         egfr_note = ""
         if order_decision.no_recent_egfr and "no_recent_egfr" in self._texts.phrases:
             egfr_note = _fill(self._texts.phrases["no_recent_egfr"], **values)
@@ -437,9 +433,7 @@ class CardRenderer:
             },
         ).strip()
 
-    def _evidence_lines(
-        self, concern: Concern, therapy: TherapyAssessment, therapy_lines: Sequence[str], facts: ClinicalFacts
-    ) -> list[str]:
+    def _evidence_lines(self, concern: Concern, rendering: _Rendering) -> list[str]:
         if concern.kind == "duplicate_mri":
             return [
                 _fill(
@@ -451,8 +445,8 @@ class CardRenderer:
             ]
         if concern.kind in ("mr_implant", "contrast_safety", "pregnancy"):
             return [self._finding_line(f) for f in concern.findings]
-        lines = self._episode_lines(facts, therapy)
-        long_term = {course.reference: course for course in therapy.long_term_steroids}
+        lines = self._episode_lines(rendering.facts, rendering.therapy)
+        long_term = {course.reference: course for course in rendering.therapy.long_term_steroids}
         for finding in concern.findings:
             course = long_term.get(finding.reference)
             lines.append(self._course_line(course) if course is not None else self._finding_line(finding))
@@ -463,8 +457,8 @@ class CardRenderer:
             # Said once: long-term use is a red flag, not the failed trial the clinician may have meant.
             lines.append(self._texts.phrases["long_term_steroids"])
         if concern.kind in _THERAPY_EVIDENCE_CARDS:
-            lines.extend(therapy_lines)
-            lines.extend(self._uncounted_lines(facts))
+            lines.extend(rendering.therapy_lines)
+            lines.extend(self._uncounted_lines(rendering.facts))
         return lines
 
     def _episode_lines(self, facts: ClinicalFacts, therapy: TherapyAssessment) -> list[str]:
@@ -577,32 +571,25 @@ class CardRenderer:
 
     # ------------------------------------------------------------------------------------- suggestions
     def _suggestion(
-        self,
-        concern: Concern,
-        proposal: Proposal,
-        order_decision: OrderDecision,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-        context: RenderContext,
+        self, concern: Concern, proposal: Proposal, order_decision: OrderDecision, rendering: _Rendering
     ) -> Suggestion:
         order = order_decision.order
         text = self._card_text(concern, order_decision)["suggestions"][proposal.purpose]
         purpose = f"{concern.kind}:{proposal.purpose}"
         label = self._suggestion_label(proposal, order)
         description = _fill(str(text.get("description") or label), symptom_weeks=self._thresholds.symptom_weeks)
-        action_uuid = uuid_for(context.hook_instance, f"action:{purpose}", order.reference)
+        action_uuid = uuid_for(rendering.context.hook_instance, f"action:{purpose}", order.reference)
         if proposal.action == "delete":
             action = Action(type="delete", description=description, resource_id=order.reference, uuid=action_uuid)
         elif proposal.action == "create":
-            resource = self._new_order(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
+            resource = self._new_order(concern, proposal, order_decision, rendering)
             action = Action(type="create", description=description, resource=resource, uuid=action_uuid)
         else:
-            resource = self._changed_order(concern, proposal, order_decision, therapy, therapy_lines, facts, context)
+            resource = self._changed_order(concern, proposal, order_decision, rendering)
             action = Action(type="update", description=description, resource=resource, uuid=action_uuid)
         return Suggestion(
             label=label,
-            uuid=uuid_for(context.hook_instance, f"suggestion:{purpose}", order.reference),
+            uuid=uuid_for(rendering.context.hook_instance, f"suggestion:{purpose}", order.reference),
             actions=(action,),
             is_recommended=True if proposal.recommended else None,
         )
@@ -639,27 +626,22 @@ class CardRenderer:
         rating = rate(key, variants.possible, self._acr_category) if variants is not None else None
         return self.rating_extensions(rating, consult) if rating is not None else []
 
-    def _order_fields(
-        self,
-        concern: Concern,
-        key: str,
-        proposal: Proposal,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-    ) -> dict[str, Any]:
+    def _order_fields(self, concern: Concern, key: str, proposal: Proposal, rendering: _Rendering) -> dict[str, Any]:
         """What makes a suggested order complete: reasons, evidence references and notes (PRODUCT.md §3.5)."""
         # One reasonCode per condition (its ICD-10-CM and SNOMED codes together): the red flags that justify the
         # study first, then the back-pain episode.
         reasons: dict[str, tuple[str, tuple[CodeRef, ...]]] = {}
-        for finding in (*concern.findings, *facts.episode.findings):
+        therapy = rendering.therapy
+        for finding in (*concern.findings, *rendering.facts.episode.findings):
             if finding.reference.startswith("Condition/") and finding.reference not in reasons:
                 reasons[finding.reference] = (self._label(finding), finding.codes)
         supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
         supporting += [f.reference for f in therapy.physical_therapy]
         notes = self._terms["order_notes"]
         therapy_note = (
-            _fill(notes["therapy"], therapy="; ".join(therapy_lines)) if therapy_lines else notes["no_therapy"]
+            _fill(notes["therapy"], therapy="; ".join(rendering.therapy_lines))
+            if rendering.therapy_lines
+            else notes["no_therapy"]
         )
         order_notes = [{"text": therapy_note}]
         if key in self._mri_keys:  # the MRI protocol (sequences, field strength) belongs on an MRI order only
@@ -683,16 +665,10 @@ class CardRenderer:
         }
 
     def _new_order(
-        self,
-        concern: Concern,
-        proposal: Proposal,
-        order_decision: OrderDecision,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-        context: RenderContext,
+        self, concern: Concern, proposal: Proposal, order_decision: OrderDecision, rendering: _Rendering
     ) -> dict[str, Any]:
         key = proposal.procedure_key or "MR_LSPINE_WO"
+        context = rendering.context
         reference = order_decision.order.reference
         consult = consult_id(context.session_key, f"{reference}|{concern.kind}:{proposal.purpose}")
         resource: dict[str, Any] = {
@@ -706,20 +682,14 @@ class CardRenderer:
             "encounter": {"reference": f"Encounter/{context.encounter_id}"} if context.encounter_id else None,
             "requester": {"reference": context.user_id} if context.user_id and "/" in context.user_id else None,
         }
-        resource.update(self._order_fields(concern, key, proposal, therapy, therapy_lines, facts))
+        resource.update(self._order_fields(concern, key, proposal, rendering))
         return resource
 
     def _changed_order(
-        self,
-        concern: Concern,
-        proposal: Proposal,
-        order_decision: OrderDecision,
-        therapy: TherapyAssessment,
-        therapy_lines: Sequence[str],
-        facts: ClinicalFacts,
-        context: RenderContext,
+        self, concern: Concern, proposal: Proposal, order_decision: OrderDecision, rendering: _Rendering
     ) -> dict[str, Any]:
         order = order_decision.order
+        context = rendering.context
         key = proposal.procedure_key or "MR_LSPINE_WO"
         if proposal.purpose == "keep_urgent":
             resource = _json_copy(order.raw)
@@ -731,7 +701,7 @@ class CardRenderer:
         resource.setdefault("status", "draft")
         resource.setdefault("intent", "order")
         resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})
-        fields = self._order_fields(concern, key, proposal, therapy, therapy_lines, facts)
+        fields = self._order_fields(concern, key, proposal, rendering)
         for member in ("reasonCode", "reasonReference", "supportingInfo", "note"):
             existing = resource.get(member)
             resource[member] = _merge(existing if isinstance(existing, list) else [], fields[member])

@@ -251,12 +251,8 @@ def _valueset_codes(file: str, key: str, data: Mapping[str, Any], problems: _Pro
             elif item.get("property") != "concept" or item.get("op") != "is-a":
                 problems.add(file, f"{where}: only the filter property 'concept' with op 'is-a' is supported")
             elif not icd10cm.is_valid_filter(value):
-                if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
-                    problems.add(
-                        file,
-                        f"{where}: ICD-10-CM filter {value!r} is not in {icd10cm.SNAPSHOT_FILE} (it may be neither "
-                        f"an ICD-10-CM code nor a category range); regenerate it with `{icd10cm.REGENERATE}`",
-                    )
+                maybe = "it may be neither an ICD-10-CM code nor a category range"
+                _not_in_snapshot(problems, file, f"{where}: ICD-10-CM filter {value!r}", maybe)
             else:
                 codes += [(ICD10CM, normalise_code(ICD10CM, code), text) for code, text in icd10cm.expand(value)]
     listed = {
@@ -275,14 +271,19 @@ def _valueset_codes(file: str, key: str, data: Mapping[str, Any], problems: _Pro
     return codes
 
 
+def _not_in_snapshot(problems: _Problems, file: str, what: str, maybe: str) -> None:
+    """Report an ICD-10-CM item the shipped snapshot does not hold (unless the snapshot itself is the problem)."""
+    if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
+        problems.add(
+            file,
+            f"{what} is not in {icd10cm.SNAPSHOT_FILE} ({maybe}); "
+            f"regenerate it with `{icd10cm.REGENERATE}`",
+        )
+
+
 def _icd_display_matches(file: str, where: str, code: str, display: str, problems: _Problems) -> bool:
     if not icd10cm.is_code(code):
-        if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
-            problems.add(
-                file,
-                f"{where}: {code} is not in {icd10cm.SNAPSHOT_FILE} (it may not be an ICD-10-CM code); "
-                f"regenerate it with `{icd10cm.REGENERATE}`",
-            )
+        _not_in_snapshot(problems, file, f"{where}: {code}", "it may not be an ICD-10-CM code")
         return False
     expected = icd10cm.description(code)
     if display != expected:
