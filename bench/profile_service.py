@@ -35,7 +35,7 @@ def _engine_only(body: dict[str, Any], count: int, profiler: Any) -> float:
     """Time ``ClinicalEngine.evaluate`` alone, on a record resolved once; mean ms per call."""
     from cds_service.cli import tune_gc_for_serving
     from cds_service.clinical import ClinicalEngine
-    from cds_service.fhir_data import FhirDataSource
+    from cds_service.data_source import FhirDataSource
     from cds_service.protocol.request import hook_request_from_json
     from cds_service.registry import load_registry
 
@@ -90,7 +90,7 @@ def _through_app(raw: bytes, count: int, profiler: Any, scratch: Path) -> float:
 def stage_split(raw: bytes, count: int) -> dict[str, float]:
     """Mean ms per stage of the request path, timed without the profiler (each stage run ``count`` times)."""
     from cds_service.clinical import ClinicalEngine
-    from cds_service.fhir_data import FhirDataSource
+    from cds_service.data_source import FhirDataSource
     from cds_service.protocol.request import hook_request_from_json
     from cds_service.protocol.response import SystemActionsLocation, response_to_json
     from cds_service.protocol.validation import decode_json, validate_hook_request

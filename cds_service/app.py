@@ -18,6 +18,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service.data_source import FhirDataSource
 from cds_service.errors import (
     BadRequest,
     CdsError,
@@ -29,7 +30,6 @@ from cds_service.errors import (
     UnsupportedMediaType,
 )
 from cds_service.feedback import parse_feedback
-from cds_service.fhir_data import FhirDataSource
 from cds_service.metrics import (
     AUDIT_DROPPED,
     AUTH_FAILURES,

@@ -11,8 +11,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from cds_service.data_source import FhirDataSource
 from cds_service.errors import BadRequest
-from cds_service.fhir_data import FhirDataSource
 from cds_service.registry import load_registry
 from cds_service.service import HookServices
 from cds_service.settings import Settings, settings_from_env

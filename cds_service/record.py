@@ -1,6 +1,6 @@
 """What the data path hands to the clinical engine: the patient's record, and what could not be obtained.
 
-The data path (``cds_service.fhir_data``) resolves every prefetch key of the service definition,
+The data path (``cds_service.data_source``) resolves every prefetch key of the service definition,
 from the request's prefetch or from the FHIR server, and produces one :class:`PatientRecord`.
 Resources stay raw FHIR JSON (dicts) here: the clinical boundary decides what to parse, so that
 irrelevant resources in a large record cost nothing.

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cds_service.clinical import ClinicalEngine, Evaluation
-from cds_service.fhir_data import FhirDataSource
+from cds_service.data_source import FhirDataSource
 from cds_service.protocol.request import HookRequest, hook_request_from_json
 from cds_service.protocol.response import response_to_json
 from cds_service.protocol.validation import validate_hook_request

@@ -20,7 +20,7 @@ import pytest
 from support import load_bench_module
 
 from cds_service.clinical.fast_validation import QuickAcceptor
-from cds_service.clinical.fhir_io import _MODELS, _validated_part, _validation_error, quick_acceptor
+from cds_service.clinical.record_reader import _MODELS, _validated_part, _validation_error, quick_acceptor
 
 REPO = Path(__file__).resolve().parent.parent
 generate = load_bench_module("generate")

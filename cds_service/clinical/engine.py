@@ -1,7 +1,7 @@
 """The clinical engine: FHIR record and draft orders in, CDS Hooks response out.
 
 ``ClinicalEngine.from_config`` builds everything once per process (knowledge, thresholds, card texts, the
-ACR rating table, the FHIR reader); ``evaluate`` only reads: FHIR boundary (:mod:`fhir_io`) -> pure decision
+ACR rating table, the FHIR reader); ``evaluate`` only reads: FHIR boundary (:mod:`record_reader`) -> pure decision
 (:mod:`decision`) -> rendering (:mod:`cards`).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from cds_service.clinical.cards import CardRenderer, CardTexts, RenderContext, consult_id
 from cds_service.clinical.decision import Decision, decide
 from cds_service.clinical.facts import Extraction
-from cds_service.clinical.fhir_io import FhirReader
+from cds_service.clinical.record_reader import RecordReader
 from cds_service.errors import ConfigurationError, PreconditionFailed
 from cds_service.knowledge import AcrCategory, Knowledge, Thresholds, load_knowledge
 from cds_service.protocol.request import HookRequest
@@ -88,7 +88,7 @@ class ClinicalEngine:
         self.thresholds = thresholds
         self._texts = CardTexts.from_mapping(knowledge.card_texts)
         self._acr_table = self._build_acr_table(knowledge)
-        self._reader = FhirReader(knowledge, thresholds)
+        self._reader = RecordReader(knowledge, thresholds)
         self._renderer = CardRenderer(self._texts, thresholds, self._acr_category, knowledge)
 
     @classmethod

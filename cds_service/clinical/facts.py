@@ -1,6 +1,6 @@
 """FHIR-free facts: what the decision core knows about the patient and the draft orders.
 
-Everything here is a frozen dataclass built by :mod:`cds_service.clinical.fhir_io` (the only module
+Everything here is a frozen dataclass built by :mod:`cds_service.clinical.record_reader` (the only module
 that reads FHIR) and consumed by :mod:`cds_service.clinical.decision` (which never sees FHIR).
 
 "Unknown is not false" (PRODUCT.md §3.1): every fact family carries the resource types it was

@@ -2,7 +2,7 @@
 
 The JSON body has already been validated against ``schemas/request.schema.json`` when one
 of these is built; FHIR content (``draftOrders``, prefetch values) stays raw JSON here and is
-parsed by the clinical boundary (``cds_service.clinical.fhir_io``).
+parsed by the clinical boundary (``cds_service.clinical.record_reader``).
 """
 
 from __future__ import annotations

@@ -435,7 +435,7 @@ class ValidationMemo:
         return len(self._verdicts)
 
 
-class FhirReader:
+class RecordReader:
     """Reads records and draft orders into facts. Build once per engine; :meth:`read` is re-entrant."""
 
     def __init__(self, knowledge: Knowledge, thresholds: Thresholds, memo: ValidationMemo | None = None) -> None:

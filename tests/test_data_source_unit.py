@@ -1,4 +1,4 @@
-"""Unit tests of the FHIR data path (cds_service.fhir_data) with HTTP mocked by ``responses``.
+"""Unit tests of the FHIR data path (cds_service.data_source) with HTTP mocked by ``responses``.
 
 ``responses`` answers only the URLs registered in a test and raises ConnectionError for any other,
 so "never requested" is asserted on ``rsps.calls``: every request made is recorded there.
@@ -15,7 +15,7 @@ import requests
 import responses
 from responses import matchers
 
-from cds_service.fhir_data import (
+from cds_service.data_source import (
     REASON_NOT_ALLOWED,
     REASON_NOT_FHIR,
     REASON_REDIRECT,
@@ -571,7 +571,7 @@ def test_token_and_patient_id_never_reach_logs_warnings_or_reasons(
     rsps.get(page_2, status=401, json=OUTCOME)
     templates = {**TEMPLATES, "observations": "Observation?patient={{context.patientId}}"}
     prefetch = {"observations": searchset({"resourceType": "Observation", "id": "o1"}, next_url=page_2)}
-    with caplog.at_level(logging.DEBUG, logger="cds_service.fhir_data"):
+    with caplog.at_level(logging.DEBUG, logger="cds_service.data_source"):
         record = source.resolve(templates, make_request(prefetch), [BASE])
     assert len(record.unavailable) == 3
     texts = [*record.warnings, *record.unavailable.values()]

@@ -47,7 +47,7 @@ from cds_service.urls import is_loopback_host
 
 __all__ = ["FetchOutcome", "FhirDataSource", "is_allowed_server", "normalise_base_url", "render_template"]
 
-log = logging.getLogger("cds_service.fhir_data")
+log = logging.getLogger("cds_service.data_source")
 
 FetchOutcome = Literal["ok", "error", "timeout", "not_allowed", "http_4xx", "http_5xx"]
 

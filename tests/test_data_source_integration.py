@@ -24,7 +24,7 @@ from fhir_server import FhirServer
 from fhir_server import fhir_server as fhir_server  # the session fixture (sekmet-fhir with the fixtures)
 from support import free_port
 
-from cds_service.fhir_data import REASON_TIMEOUT, REASON_UNREACHABLE, FhirDataSource
+from cds_service.data_source import REASON_TIMEOUT, REASON_UNREACHABLE, FhirDataSource
 from cds_service.protocol.request import FhirAuthorization, HookRequest
 
 pytestmark = pytest.mark.integration

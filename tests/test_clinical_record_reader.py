@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service.clinical.facts import Extraction
-from cds_service.clinical.fhir_io import FhirReader, parse_date
+from cds_service.clinical.record_reader import RecordReader, parse_date
 from cds_service.knowledge import Knowledge
 from cds_service.record import PatientRecord
 from tests.clinical_builders import (
@@ -42,11 +42,11 @@ from tests.clinical_builders import (
 
 
 @pytest.fixture(scope="module")
-def reader(knowledge: Knowledge) -> FhirReader:
-    return FhirReader(knowledge, knowledge.thresholds)
+def reader(knowledge: Knowledge) -> RecordReader:
+    return RecordReader(knowledge, knowledge.thresholds)
 
 
-def read(reader: FhirReader, patient_record: PatientRecord, *drafts: dict[str, Any]) -> Extraction:
+def read(reader: RecordReader, patient_record: PatientRecord, *drafts: dict[str, Any]) -> Extraction:
     return reader.read(patient_record, bundle(*drafts), None, NOW)
 
 
@@ -86,7 +86,7 @@ def test_parse_date_fast_path_agrees_with_the_general_path(value: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ conditions
-def test_symptom_episode_starts_at_the_earliest_onset_and_counts_weeks(reader: FhirReader) -> None:
+def test_symptom_episode_starts_at_the_earliest_onset_and_counts_weeks(reader: RecordReader) -> None:
     facts = read(reader, record(lbp(onset="2026-10-02"), sciatica(onset="2026-09-25"))).facts
     assert facts.episode.onset == date(2026, 9, 25)
     assert facts.episode.weeks == pytest.approx(8.0)
@@ -94,53 +94,53 @@ def test_symptom_episode_starts_at_the_earliest_onset_and_counts_weeks(reader: F
     assert facts.episode.active is True
 
 
-def test_recorded_date_stands_in_for_a_missing_onset(reader: FhirReader) -> None:
+def test_recorded_date_stands_in_for_a_missing_onset(reader: RecordReader) -> None:
     resource = lbp(onset=None)
     resource["recordedDate"] = "2026-10-30"
     assert read(reader, record(resource)).facts.episode.onset == date(2026, 10, 30)
 
 
-def test_axial_pain_only_is_not_radicular(reader: FhirReader) -> None:
+def test_axial_pain_only_is_not_radicular(reader: RecordReader) -> None:
     assert read(reader, record(lbp())).facts.episode.radicular is False
 
 
 @pytest.mark.parametrize("verification", ["entered-in-error", "refuted"])
-def test_refuted_and_entered_in_error_conditions_never_count(reader: FhirReader, verification: str) -> None:
+def test_refuted_and_entered_in_error_conditions_never_count(reader: RecordReader, verification: str) -> None:
     cancer = condition(ICD, "C61", verification=verification)
     facts = read(reader, record(lbp(), cancer)).facts
     assert [f.concept for f in facts.red_flags] == []
 
 
-def test_history_red_flags_count_whatever_their_status_and_age(reader: FhirReader) -> None:
+def test_history_red_flags_count_whatever_their_status_and_age(reader: RecordReader) -> None:
     cancer = condition(ICD, "Z85.3", clinical="resolved", onset="2012-01-01", abatement="2013-01-01")
     facts = read(reader, record(lbp(), cancer)).facts
     assert [f.concept for f in facts.red_flags] == ["malignancy"]
     assert facts.red_flags[0].recorded == date(2012, 1, 1)
 
 
-def test_resolved_current_findings_count_only_within_the_look_back(reader: FhirReader) -> None:
+def test_resolved_current_findings_count_only_within_the_look_back(reader: RecordReader) -> None:
     recent = condition(ICD, "M81.0", clinical="resolved", abatement="2026-10-15")
     old = condition(ICD, "W19.XXXA", clinical="resolved", onset="2025-01-01", abatement="2025-02-01")
     facts = read(reader, record(lbp(), recent, old)).facts
     assert [f.concept for f in facts.red_flags] == ["osteoporosis"]
 
 
-def test_trauma_older_than_the_look_back_is_not_a_current_finding(reader: FhirReader) -> None:
+def test_trauma_older_than_the_look_back_is_not_a_current_finding(reader: RecordReader) -> None:
     trauma = condition(ICD, "W19.XXXA", onset="2026-01-01")
     assert read(reader, record(lbp(), trauma)).facts.red_flags == ()
 
 
-def test_icd10_codes_match_without_the_dot(reader: FhirReader) -> None:
+def test_icd10_codes_match_without_the_dot(reader: RecordReader) -> None:
     facts = read(reader, record(condition(ICD, "M5416"))).facts
     assert [f.concept for f in facts.episode.findings] == ["lumbar_radiculopathy"]
 
 
-def test_condition_text_is_used_only_when_no_coding_is_recognised(reader: FhirReader) -> None:
+def test_condition_text_is_used_only_when_no_coding_is_recognised(reader: RecordReader) -> None:
     facts = read(reader, record(condition(None, None, text="Cardiac pacemaker"))).facts
     assert [f.concept for f in facts.implants] == ["mr_implant"]
 
 
-def test_safety_conditions_are_sorted_into_their_families(reader: FhirReader) -> None:
+def test_safety_conditions_are_sorted_into_their_families(reader: RecordReader) -> None:
     facts = read(
         reader,
         record(condition(ICD, "Z95.0"), condition(ICD, "N18.4"), condition(ICD, "Z99.2"), condition(ICD, "Z33.1")),
@@ -151,7 +151,7 @@ def test_safety_conditions_are_sorted_into_their_families(reader: FhirReader) ->
 
 
 # ----------------------------------------------------------------------------------------------- medications
-def test_nsaid_course_from_a_statement_period(reader: FhirReader) -> None:
+def test_nsaid_course_from_a_statement_period(reader: RecordReader) -> None:
     course = read(reader, record(lbp(), med_statement("198014", dose="500 mg twice daily"))).facts.courses[0]
     assert (course.drug_class, course.ingredient, course.kind) == ("nsaid", "naproxen", "trial")
     assert course.dose_text == "500 mg twice daily"
@@ -159,13 +159,13 @@ def test_nsaid_course_from_a_statement_period(reader: FhirReader) -> None:
     assert course.weeks == pytest.approx(30 / 7)
 
 
-def test_nsaid_course_from_a_request_supply_duration_and_strength(reader: FhirReader) -> None:
+def test_nsaid_course_from_a_request_supply_duration_and_strength(reader: RecordReader) -> None:
     course = read(reader, record(lbp(), med_request("197807", supply_days=21))).facts.courses[0]
     assert course.weeks == pytest.approx(3.0)
     assert course.dose_text == "800 MG"
 
 
-def test_active_statement_without_end_runs_until_now(reader: FhirReader) -> None:
+def test_active_statement_without_end_runs_until_now(reader: RecordReader) -> None:
     course = read(reader, record(med_statement("198014", start="2026-11-06", end=None, status="active"))).facts
     assert course.courses[0].weeks == pytest.approx(2.0)
 
@@ -179,11 +179,11 @@ def test_active_statement_without_end_runs_until_now(reader: FhirReader) -> None
     ],
     ids=["topical", "low-dose-aspirin", "entered-in-error"],
 )
-def test_what_is_not_a_systemic_trial_is_not_a_course(reader: FhirReader, resource: dict[str, Any]) -> None:
+def test_what_is_not_a_systemic_trial_is_not_a_course(reader: RecordReader, resource: dict[str, Any]) -> None:
     assert read(reader, record(lbp(), resource)).facts.courses == ()
 
 
-def test_medication_text_without_code_is_recognised(reader: FhirReader) -> None:
+def test_medication_text_without_code_is_recognised(reader: RecordReader) -> None:
     facts = read(reader, record(med_statement(None, text="Ibuprofen 600 mg tablet"))).facts
     assert [c.ingredient for c in facts.courses] == ["ibuprofen"]
 
@@ -196,13 +196,13 @@ def test_medication_text_without_code_is_recognised(reader: FhirReader) -> None:
         ("2025-03-20", "2026-11-20", "long_term"),
     ],
 )
-def test_steroid_courses_are_classified_by_duration(reader: FhirReader, start: str, end: str, kind: str) -> None:
+def test_steroid_courses_are_classified_by_duration(reader: RecordReader, start: str, end: str, kind: str) -> None:
     steroid = med_statement(None, text="prednisone 10 mg oral tablet", start=start, end=end)
     courses = read(reader, record(steroid)).facts.courses
     assert [(c.drug_class, c.kind) for c in courses] == [("systemic_corticosteroid", kind)]
 
 
-def test_long_term_steroid_coding_makes_every_steroid_course_long_term(reader: FhirReader) -> None:
+def test_long_term_steroid_coding_makes_every_steroid_course_long_term(reader: RecordReader) -> None:
     burst = med_statement(None, text="prednisone 10 mg oral tablet", start="2026-10-01", end="2026-10-06")
     facts = read(reader, record(burst, condition(ICD, "Z79.52"))).facts
     assert [c.kind for c in facts.courses] == ["long_term"]
@@ -210,7 +210,7 @@ def test_long_term_steroid_coding_makes_every_steroid_course_long_term(reader: F
 
 
 # ---------------------------------------------------------------------------- procedures, labs and imaging
-def test_procedures_sort_into_prior_surgery_and_physical_therapy(reader: FhirReader) -> None:
+def test_procedures_sort_into_prior_surgery_and_physical_therapy(reader: RecordReader) -> None:
     facts = read(
         reader,
         record(procedure(CPT, "63030"), procedure(None, None, text="Physical therapy", performed="2026-10-01")),
@@ -219,12 +219,12 @@ def test_procedures_sort_into_prior_surgery_and_physical_therapy(reader: FhirRea
     assert [f.concept for f in facts.physical_therapy] == ["physical_therapy"]
 
 
-def test_not_done_procedures_are_ignored(reader: FhirReader) -> None:
+def test_not_done_procedures_are_ignored(reader: RecordReader) -> None:
     facts = read(reader, record(procedure(CPT, "63030", status="not-done"))).facts
     assert facts.red_flags == ()
 
 
-def test_latest_egfr_wins_and_fahrenheit_temperatures_are_converted(reader: FhirReader) -> None:
+def test_latest_egfr_wins_and_fahrenheit_temperatures_are_converted(reader: RecordReader) -> None:
     facts = read(
         reader,
         record(
@@ -237,7 +237,7 @@ def test_latest_egfr_wins_and_fahrenheit_temperatures_are_converted(reader: Fhir
     assert facts.max_temperature is not None and facts.max_temperature.value == pytest.approx(38.6)
 
 
-def test_positive_pregnancy_test_is_pregnancy_and_negative_is_not(reader: FhirReader) -> None:
+def test_positive_pregnancy_test_is_pregnancy_and_negative_is_not(reader: RecordReader) -> None:
     positive = observation("2106-3", value_concept=concept_positive("10828004", "Positive"))
     negative = observation("2106-3", value_concept=concept_positive("260385009", "Negative"))
     assert [f.concept for f in read(reader, record(positive)).facts.pregnancy] == ["pregnancy"]
@@ -248,13 +248,13 @@ def concept_positive(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display}
 
 
-def test_devices_and_gadolinium_allergy_are_recognised_from_text(reader: FhirReader) -> None:
+def test_devices_and_gadolinium_allergy_are_recognised_from_text(reader: RecordReader) -> None:
     facts = read(reader, record(device("Cardiac pacemaker"), allergy("Gadolinium contrast allergy"))).facts
     assert [f.concept for f in facts.implants] == ["mr_implant"]
     assert [f.concept for f in facts.gadolinium_allergy] == ["gadolinium_allergy"]
 
 
-def test_prior_lumbar_imaging_comes_from_completed_orders_reports_and_studies(reader: FhirReader) -> None:
+def test_prior_lumbar_imaging_comes_from_completed_orders_reports_and_studies(reader: RecordReader) -> None:
     report = {
         "resourceType": "DiagnosticReport",
         "id": "dr-1",
@@ -280,26 +280,26 @@ def test_prior_lumbar_imaging_comes_from_completed_orders_reports_and_studies(re
     ]
 
 
-def test_a_record_service_request_that_is_a_draft_order_is_not_history(reader: FhirReader) -> None:
+def test_a_record_service_request_that_is_a_draft_order_is_not_history(reader: RecordReader) -> None:
     draft = draft_service_request("72148")
     facts = reader.read(record(dict(draft, status="active")), bundle(draft), None, NOW).facts
     assert facts.prior_imaging == ()
 
 
-def test_referrals_on_record_show_candidacy(reader: FhirReader) -> None:
+def test_referrals_on_record_show_candidacy(reader: RecordReader) -> None:
     referral = prior_order("", system=CPT, status="active", text="Referral to spine surgery")
     referral["code"] = {"text": "Referral to spine surgery"}
     facts = read(reader, record(referral)).facts
     assert [f.concept for f in facts.intervention_referrals] == ["spine_intervention_referral"]
 
 
-def test_age_and_sex_come_from_the_patient(reader: FhirReader) -> None:
+def test_age_and_sex_come_from_the_patient(reader: RecordReader) -> None:
     facts = read(reader, record(patient(birth_date="1950-11-21", gender="male"))).facts
     assert (facts.age, facts.sex) == (75, "male")
 
 
 # ---------------------------------------------------------------------------------------- known vs unknown
-def test_unobtainable_types_are_unknown_and_empty_ones_are_known(reader: FhirReader) -> None:
+def test_unobtainable_types_are_unknown_and_empty_ones_are_known(reader: RecordReader) -> None:
     facts = read(reader, record(lbp(), unavailable=("MedicationStatement", "MedicationRequest"))).facts
     assert facts.unknown_types == frozenset({"MedicationStatement", "MedicationRequest"})
     assert facts.is_known("Condition", "Procedure")
@@ -308,7 +308,7 @@ def test_unobtainable_types_are_unknown_and_empty_ones_are_known(reader: FhirRea
 
 
 # --------------------------------------------------------------------------------------- invalid resources
-def test_an_invalid_resource_is_skipped_and_reported_not_fatal(reader: FhirReader) -> None:
+def test_an_invalid_resource_is_skipped_and_reported_not_fatal(reader: RecordReader) -> None:
     broken = condition(ICD, "C61", onset="2019-13-45", id="cond-invalid")
     extraction = read(reader, record(lbp(), broken))
     assert extraction.facts.red_flags == ()
@@ -317,7 +317,7 @@ def test_an_invalid_resource_is_skipped_and_reported_not_fatal(reader: FhirReade
     assert extraction.skipped[0].startswith("Condition/cond-invalid skipped: onsetDateTime")
 
 
-def test_only_the_elements_the_rules_read_are_validated(reader: FhirReader) -> None:
+def test_only_the_elements_the_rules_read_are_validated(reader: RecordReader) -> None:
     # An element no rule reads (a malformed note) cannot make a relevant resource be skipped ...
     noted = condition(ICD, "C61", onset="2019-03-04", id="cond-noted")
     noted["note"] = "not a list of Annotations"
@@ -335,7 +335,7 @@ def test_only_the_elements_the_rules_read_are_validated(reader: FhirReader) -> N
     assert skipped[0].startswith("Condition/cond-extended skipped: _onsetDateTime")
 
 
-def test_an_invalid_patient_is_reported_without_its_id(reader: FhirReader) -> None:
+def test_an_invalid_patient_is_reported_without_its_id(reader: RecordReader) -> None:
     broken = patient()
     broken["birthDate"] = "not a date"
     extraction = read(reader, record(broken))
@@ -344,14 +344,14 @@ def test_an_invalid_patient_is_reported_without_its_id(reader: FhirReader) -> No
     assert "pat-1" not in extraction.skipped[0] and extraction.skipped[0].startswith("Patient skipped:")
 
 
-def test_irrelevant_resources_are_not_validated(reader: FhirReader) -> None:
+def test_irrelevant_resources_are_not_validated(reader: RecordReader) -> None:
     # Invalid, but nothing in it matters: the pre-filter drops it before validation, so no warning.
     unrelated = condition(ICD, "J45.909", onset="2019-13-45")
     assert read(reader, record(lbp(), unrelated)).skipped == ()
 
 
 # ------------------------------------------------------------------------------------------------ draft orders
-def test_draft_orders_are_recognised_across_fhir_versions(reader: FhirReader) -> None:
+def test_draft_orders_are_recognised_across_fhir_versions(reader: RecordReader) -> None:
     stu3 = {
         "resourceType": "ProcedureRequest",
         "id": "pr-1",
@@ -382,7 +382,7 @@ def test_draft_orders_are_recognised_across_fhir_versions(reader: FhirReader) ->
     assert notes == []
 
 
-def test_selections_mark_only_the_selected_drafts(reader: FhirReader) -> None:
+def test_selections_mark_only_the_selected_drafts(reader: RecordReader) -> None:
     orders, _ = reader.read_draft_orders(
         bundle(draft_service_request("72148", id="a"), draft_medication("198014")), ("ServiceRequest/a",)
     )
@@ -392,7 +392,7 @@ def test_selections_mark_only_the_selected_drafts(reader: FhirReader) -> None:
     ]
 
 
-def test_an_invalid_r4_draft_is_still_read_with_a_note(reader: FhirReader) -> None:
+def test_an_invalid_r4_draft_is_still_read_with_a_note(reader: RecordReader) -> None:
     draft = draft_service_request("72148")
     del draft["intent"]
     orders, notes = reader.read_draft_orders(bundle(draft), None)
@@ -400,13 +400,13 @@ def test_an_invalid_r4_draft_is_still_read_with_a_note(reader: FhirReader) -> No
     assert notes and notes[0].startswith("ServiceRequest/sr-1 did not validate")
 
 
-def test_topical_or_aspirin_draft_is_not_a_therapy_order(reader: FhirReader) -> None:
+def test_topical_or_aspirin_draft_is_not_a_therapy_order(reader: RecordReader) -> None:
     orders, _ = reader.read_draft_orders(bundle(draft_medication(None, text="diclofenac 1% topical gel")), None)
     assert orders[0].kind == "other"
 
 
 # ------------------------------------------------------------------------------------------------- performance
-def test_a_2000_resource_record_reads_in_well_under_the_budget(reader: FhirReader) -> None:
+def test_a_2000_resource_record_reads_in_well_under_the_budget(reader: RecordReader) -> None:
     """PRODUCT.md §7: a 2,000-resource record p50 under 150 ms for the whole request; reading is most of it."""
     noise = [condition(ICD, "J45.909") for _ in range(900)]
     noise += [observation("718-7", value=13.5) for _ in range(800)]
@@ -482,7 +482,7 @@ JSON = st.recursive(
         max_size=5,
     ),
 )
-def test_no_resource_shape_breaks_the_reader(reader: FhirReader, resource_type: str, body: dict[str, Any]) -> None:
+def test_no_resource_shape_breaks_the_reader(reader: RecordReader, resource_type: str, body: dict[str, Any]) -> None:
     resource = {**body, "resourceType": resource_type, "id": "x"}
     extraction = read(reader, record(lbp(), resource), draft_service_request("72148"))
     assert [f.concept for f in extraction.facts.episode.findings] == ["low_back_pain"]
@@ -508,7 +508,7 @@ def test_no_resource_shape_breaks_the_reader(reader: FhirReader, resource_type: 
     ),
     resource_type=st.sampled_from(["ServiceRequest", "ProcedureRequest", "MedicationRequest", "MedicationOrder"]),
 )
-def test_no_draft_order_shape_breaks_the_reader(reader: FhirReader, resource_type: str, body: dict[str, Any]) -> None:
+def test_no_draft_order_shape_breaks_the_reader(reader: RecordReader, resource_type: str, body: dict[str, Any]) -> None:
     orders, _notes = reader.read_draft_orders(bundle({**body, "resourceType": resource_type, "id": "d"}), None)
     assert [o.reference for o in orders] == [f"{resource_type}/d"]
 
@@ -516,7 +516,7 @@ def test_no_draft_order_shape_breaks_the_reader(reader: FhirReader, resource_typ
 def test_validation_verdicts_are_remembered_by_content_and_never_reused_for_other_content() -> None:
     from fhir.resources.R4B.condition import Condition
 
-    from cds_service.clinical.fhir_io import ValidationMemo
+    from cds_service.clinical.record_reader import ValidationMemo
 
     calls: list[str] = []
 
@@ -541,7 +541,7 @@ def test_validation_verdicts_are_remembered_by_content_and_never_reused_for_othe
     assert len(memo) == 2  # bounded: the oldest verdict made room
 
 
-def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(reader: FhirReader) -> None:
+def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(reader: RecordReader) -> None:
     broken = condition(ICD, "C61", onset="2019-13-45", id="cond-invalid")
     for _ in range(2):
         extraction = read(reader, record(lbp(), broken))
@@ -549,6 +549,6 @@ def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(
         assert extraction.skipped[0].startswith("Condition/cond-invalid skipped: onsetDateTime")
 
 
-def test_opioid_use_disorder_without_injection_is_not_a_red_flag(reader: FhirReader) -> None:
+def test_opioid_use_disorder_without_injection_is_not_a_red_flag(reader: RecordReader) -> None:
     facts = read(reader, record(lbp(), condition(ICD, "F11.20", onset="2024-05-01"))).facts
     assert facts.red_flags == ()
