@@ -99,11 +99,13 @@ def load_registry(hooks_dir: str | Path | None = None) -> ServiceRegistry:
 def _load_definition(path: Path) -> ServiceDefinition:
     name = path.name
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{name}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: invalid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigurationError(f"{name}: a service definition must be a JSON object")
 
@@ -131,8 +133,7 @@ def _load_definition(path: Path) -> ServiceDefinition:
         _check_template(name, key, template)
 
     config = raw.get("_config", {})
-    if not isinstance(config, dict):
-        raise ConfigurationError(f"{name}: '_config' must be an object")
+    _check_config(name, config)
     if "extension" in raw and not isinstance(raw["extension"], dict):
         raise ConfigurationError(f"{name}: 'extension' must be an object")
 
@@ -147,6 +148,25 @@ def _load_definition(path: Path) -> ServiceDefinition:
         config=MappingProxyType(config),
         source=name,
     )
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON and pass any range check.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_config(name: str, config: Any) -> None:
+    """``_config`` against ``schemas/service-config.schema.json``: every problem, each naming the file."""
+    from cds_service.protocol.validation import json_path, schema_validator
+
+    errors = sorted(schema_validator("service-config").iter_errors(config), key=lambda error: list(error.path))
+    if errors:
+        problems = [f"{name}: _config{_suffix(json_path(error))}: {error.message}" for error in errors]
+        raise ConfigurationError("; ".join(problems))
+
+
+def _suffix(path: str) -> str:
+    return "" if path == "(root)" else "." + path
 
 
 def _check_template(name: str, key: str, template: str) -> None:

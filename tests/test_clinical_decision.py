@@ -6,23 +6,16 @@ Facts are built directly (no FHIR): the core must decide from facts alone.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
 
-from cds_service.clinical.decision import Decision, OrderDecision, decide
-from cds_service.clinical.facts import (
-    ClinicalFacts,
-    DraftOrder,
-    Finding,
-    LabResult,
-    MedicationCourse,
-    PriorImaging,
-    SymptomEpisode,
-)
-from cds_service.knowledge import AcrCategory, Thresholds, load_knowledge
+from cds_service.clinical.decision import Decision, OrderDecision, decide_from_evidence
+from cds_service.clinical.evidence import Evidence, LabResult, MedicationCourse, SymptomEpisode
+from cds_service.clinical.facts import DraftOrder, Finding, PriorImaging
+from cds_service.clinical.rules import ClinicalRules
+from cds_service.knowledge import Thresholds, load_knowledge
 
 TODAY = date(2026, 11, 20)
 THRESHOLDS = Thresholds()
@@ -33,12 +26,14 @@ ALL_TYPES = (
 
 
 @pytest.fixture(scope="module")
-def acr() -> Callable[[str, int], AcrCategory | None]:
-    knowledge = load_knowledge()
-    table = {(key, v): knowledge.acr_category(key, v) for key in ("MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO",
-             "CT_LSPINE_WO", "CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE", "XR_LSPINE", "BONE_SCAN")
-             for v in range(1, 8)}  # fmt: skip
-    return lambda key, variant: table.get((key, variant))
+def acr() -> ClinicalRules:
+    """The rule data the decision reads (thresholds, ACR table, concept roles), built from the shipped knowledge."""
+    return ClinicalRules.from_knowledge(load_knowledge(), THRESHOLDS)
+
+
+def indicator(kind: str) -> str:
+    """The indicator of a card kind: the knowledge base's card texts are its one source."""
+    return str(load_knowledge().card_texts["cards"][kind]["indicator"])
 
 
 # --------------------------------------------------------------------------------------------------- builders
@@ -95,11 +90,11 @@ def facts(
     age: int | None = 45,
     unknown: tuple[str, ...] = (),
     **changes: Any,
-) -> ClinicalFacts:
+) -> Evidence:
     episode_findings = tuple(
         Finding(s, f"Condition/{s}", ago(weeks) if weeks is not None else None, s) for s in symptoms
     )
-    base = ClinicalFacts(
+    base = Evidence(
         age=age,
         sex="female",
         episode=SymptomEpisode(
@@ -115,11 +110,10 @@ def facts(
         red_flags=flags,
         prior_imaging=(),
         implants=(),
-        kidney=(),
+        contrast_concerns=(),
         egfr=LabResult("Observation/egfr", 80, ago(2)),
         max_temperature=None,
         pregnancy=(),
-        gadolinium_allergy=(),
         unknown_types=frozenset(unknown),
     )
     return dataclasses.replace(base, **changes)
@@ -139,7 +133,6 @@ def imaging(
         "imaging",
         selected,
         procedure_key=key,
-        reason_concepts=reasons,
         reasons=tuple(Finding(c, reference, TODAY, c) for c in sorted(reasons)),
         priority=priority,
     )
@@ -155,8 +148,8 @@ def therapy_order(kind: str = "medication", reference: str = "MedicationRequest/
     )
 
 
-def run(acr: Callable[[str, int], AcrCategory | None], patient: ClinicalFacts, *orders: DraftOrder) -> Decision:
-    return decide(patient, orders, THRESHOLDS, TODAY, acr)
+def run(rules: ClinicalRules, patient: Evidence, *orders: DraftOrder) -> Decision:
+    return decide_from_evidence(patient, orders, rules, TODAY)
 
 
 def only(decision: Decision) -> OrderDecision:
@@ -252,7 +245,7 @@ VARIANT_ROWS: list[tuple[str, dict[str, Any], int | None, tuple[int, ...]]] = [
 
 @pytest.mark.parametrize(("row", "changes", "driving", "possible"), VARIANT_ROWS, ids=[r[0] for r in VARIANT_ROWS])
 def test_variant_table(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
     row: str,
     changes: dict[str, Any],
     driving: int | None,
@@ -276,7 +269,7 @@ def test_variant_table(
     ],
 )
 def test_precedence_and_every_matched_flag_is_listed(
-    acr: Callable[[str, int], AcrCategory | None], higher: str, lower: str | None, expected: int
+    acr: ClinicalRules, higher: str, lower: str | None, expected: int
 ) -> None:
     flags = tuple(finding(c, 1) for c in (higher, lower) if c)
     order = only(run(acr, facts(flags=flags, **FAILED), imaging("CT_LSPINE_WO")))
@@ -285,7 +278,7 @@ def test_precedence_and_every_matched_flag_is_listed(
     assert cited == {c for c in (higher, lower) if c}
 
 
-def test_reason_code_of_the_order_is_evidence(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_reason_code_of_the_order_is_evidence(acr: ClinicalRules) -> None:
     order = only(run(acr, facts(**FAILED), imaging("XR_LSPINE", reasons=frozenset({"cauda_equina_syndrome"}))))
     assert order.variants is not None and order.variants.driving == 4
 
@@ -355,7 +348,7 @@ RATING_ROWS: list[tuple[str, dict[str, Any], str, str | None, str | None]] = [
         {
             **FAILED,
             "egfr": LabResult("Observation/e", 22, ago(1)),
-            "gadolinium_allergy": (finding("gadolinium_allergy", 100),),
+            "contrast_concerns": (finding("gadolinium_allergy", 100),),
         },
         "MR_LSPINE_WWO",
         "appropriate",
@@ -366,7 +359,7 @@ RATING_ROWS: list[tuple[str, dict[str, Any], str, str | None, str | None]] = [
 
 @pytest.mark.parametrize(("row", "changes", "key", "code", "category"), RATING_ROWS, ids=[r[0] for r in RATING_ROWS])
 def test_rating_table(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
     row: str,
     changes: dict[str, Any],
     key: str,
@@ -381,7 +374,7 @@ def test_rating_table(
 
 
 def test_a_lumbar_reason_keeps_criteria_applicable_without_conditions(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
 ) -> None:
     order = only(
         run(acr, facts(symptoms=(), weeks=None), imaging("CT_LSPINE_WWO", reasons=frozenset({"low_back_pain"})))
@@ -550,14 +543,14 @@ CARD_ROWS: list[
     ),
     (
         "contrast MRI and dialysis",
-        {**FAILED, "kidney": (finding("dialysis", 50),)},
+        {**FAILED, "contrast_concerns": (finding("dialysis", 50),)},
         imaging("MR_LSPINE_W"),
         [("failed_therapy_convert", "info"), ("contrast_safety", "warning")],
         [("convert", "update", "MR_LSPINE_WO", "routine", True)],
     ),
     (
         "contrast MRI and gadolinium allergy in variant 5",
-        {"flags": (finding("prior_lumbar_surgery", 200),), "gadolinium_allergy": (finding("gadolinium_allergy", 100),)},
+        {"flags": (finding("prior_lumbar_surgery", 200),), "contrast_concerns": (finding("gadolinium_allergy", 100),)},
         imaging("MR_LSPINE_WWO"),
         [("prior_surgery", "info"), ("contrast_safety", "warning")],
         [],
@@ -619,7 +612,7 @@ CARD_ROWS: list[
 
 @pytest.mark.parametrize(("row", "changes", "order", "cards", "suggested"), CARD_ROWS, ids=[r[0] for r in CARD_ROWS])
 def test_card_table(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
     row: str,
     changes: dict[str, Any],
     order: DraftOrder,
@@ -627,7 +620,7 @@ def test_card_table(
     suggested: list[tuple[str, str, str | None, str, bool]],
 ) -> None:
     decided = only(run(acr, facts(**changes), order))
-    assert [(c.kind, c.indicator) for c in decided.concerns] == cards
+    assert [(c.kind, indicator(c.kind)) for c in decided.concerns] == cards
     if cards:
         assert proposals(decided, cards[0][0]) == suggested
     if order.kind != "imaging":
@@ -635,7 +628,7 @@ def test_card_table(
 
 
 def test_an_already_urgent_mri_in_cauda_equina_needs_no_suggestion(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
 ) -> None:
     decided = only(
         run(acr, facts(flags=(finding("cauda_equina_syndrome", 0),)), imaging("MR_LSPINE_WO", priority="stat"))
@@ -644,7 +637,7 @@ def test_an_already_urgent_mri_in_cauda_equina_needs_no_suggestion(
 
 
 def test_create_mri_is_not_offered_when_an_mri_is_already_drafted(
-    acr: Callable[[str, int], AcrCategory | None],
+    acr: ClinicalRules,
 ) -> None:
     drafted = imaging("MR_LSPINE_WO", reference="ServiceRequest/mri", selected=False)
     decision = run(acr, facts(**FAILED), therapy_order(), drafted)
@@ -652,18 +645,18 @@ def test_create_mri_is_not_offered_when_an_mri_is_already_drafted(
     assert decision.orders[0].concerns == ()
 
 
-def test_create_mri_is_not_offered_after_a_recent_mri(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_create_mri_is_not_offered_after_a_recent_mri(acr: ClinicalRules) -> None:
     recent = (PriorImaging("ServiceRequest/old", "MR_LSPINE_WO", ago(21)),)
     assert only(run(acr, facts(prior_imaging=recent, **FAILED), therapy_order())).concerns == ()
 
 
-def test_a_drafted_referral_makes_axial_pain_a_candidate(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_a_drafted_referral_makes_axial_pain_a_candidate(acr: ClinicalRules) -> None:
     referral = DraftOrder("ServiceRequest/ref", "ServiceRequest", "referral", False)
     decision = run(acr, facts(**{**FAILED, "symptoms": ("low_back_pain",)}), imaging("CT_LSPINE_WO"), referral)
     assert decision.orders[0].variants is not None and decision.orders[0].variants.possible == (3,)
 
 
-def test_no_recent_egfr_is_noted_only_for_contrast_orders(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_no_recent_egfr_is_noted_only_for_contrast_orders(acr: ClinicalRules) -> None:
     no_egfr = facts(egfr=None, **FAILED)
     assert only(run(acr, no_egfr, imaging("MR_LSPINE_W"))).no_recent_egfr is True
     assert only(run(acr, no_egfr, imaging("MR_LSPINE_WO"))).no_recent_egfr is False
@@ -671,13 +664,13 @@ def test_no_recent_egfr_is_noted_only_for_contrast_orders(acr: Callable[[str, in
     assert only(run(acr, no_egfr, imaging("CT_LSPINE_WWO"))).no_recent_egfr is True
 
 
-def test_labs_not_obtained_are_named_missing_not_reported_absent(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_labs_not_obtained_are_named_missing_not_reported_absent(acr: ClinicalRules) -> None:
     order = only(run(acr, facts(egfr=None, unknown=("Observation",), **FAILED), imaging("CT_LSPINE_WWO")))
     assert order.no_recent_egfr is False
     assert [c.missing_types for c in order.concerns if c.kind == "data_missing"] == [("Observation",)]
 
 
-def test_order_sign_rates_every_draft_with_its_own_card(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_order_sign_rates_every_draft_with_its_own_card(acr: ClinicalRules) -> None:
     decision = run(
         acr,
         facts(weeks=1),
@@ -690,23 +683,44 @@ def test_order_sign_rates_every_draft_with_its_own_card(acr: Callable[[str, int]
     ]
 
 
-def test_thresholds_are_settings_not_literals(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_thresholds_are_settings_not_literals(acr: ClinicalRules) -> None:
     five_weeks = facts(weeks=5, courses=(nsaid(4, 5),))
     assert only(run(acr, five_weeks, imaging("MR_LSPINE_WO"))).rating is not None
-    default = only(decide(five_weeks, (imaging("MR_LSPINE_WO"),), THRESHOLDS, TODAY, acr))
-    shorter = only(decide(five_weeks, (imaging("MR_LSPINE_WO"),), Thresholds(symptom_weeks=4), TODAY, acr))
+    default = only(run(acr, five_weeks, imaging("MR_LSPINE_WO")))
+    shorter_rules = ClinicalRules.from_knowledge(load_knowledge(), Thresholds(symptom_weeks=4))
+    shorter = only(run(shorter_rules, five_weeks, imaging("MR_LSPINE_WO")))
     assert default.rating is not None and default.rating.code == "not-appropriate"
     assert shorter.rating is not None and shorter.rating.code == "appropriate"
 
 
-def test_decision_is_pure(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_decision_is_pure(acr: ClinicalRules) -> None:
     patient = facts(flags=(finding("malignancy", 10),))
     assert run(acr, patient, imaging("CT_LSPINE_WO")) == run(acr, patient, imaging("CT_LSPINE_WO"))
 
 
-def test_determined_anything_and_needs_data(acr: Callable[[str, int], AcrCategory | None]) -> None:
+def test_determined_anything_and_needs_data(acr: ClinicalRules) -> None:
     unknown = facts(unknown=ALL_TYPES, symptoms=(), weeks=None, age=None)
     undetermined = run(acr, unknown, imaging("MR_LSPINE_WO"))
     assert undetermined.needs_data and not undetermined.determined_anything
     rated = run(acr, unknown, imaging("CT_LSPINE_WWO"))
     assert rated.needs_data and rated.determined_anything
+
+
+@pytest.mark.parametrize(
+    ("systemic", "aspirin", "cards"),
+    [(True, False, ["failed_therapy_create"]), (False, False, []), (True, True, [])],
+    ids=["systemic-nsaid", "topical-nsaid", "antiplatelet-aspirin"],
+)
+def test_only_a_systemic_therapy_order_shows_the_back_pain_question(
+    acr: ClinicalRules, systemic: bool, aspirin: bool, cards: list[str]
+) -> None:
+    order = DraftOrder(
+        "MedicationRequest/mr-1",
+        "MedicationRequest",
+        "medication",
+        True,
+        drug_class="nsaid",
+        systemic=systemic,
+        antiplatelet_aspirin=aspirin,
+    )
+    assert kinds(only(run(acr, facts(**FAILED), order))) == cards

@@ -20,9 +20,8 @@ from cds_service.clinical.cards import (
     PAMA_RATING_URL,
     CardTexts,
 )
-from cds_service.clinical.engine import thresholds_with_overrides
 from cds_service.errors import ConfigurationError, PreconditionFailed
-from cds_service.knowledge import Thresholds, load_knowledge
+from cds_service.knowledge import load_knowledge
 from cds_service.protocol.request import HookRequest
 from cds_service.protocol.response import SystemActionsLocation, response_to_json
 from cds_service.record import PatientRecord
@@ -341,21 +340,6 @@ def test_skipped_resource_goes_to_warnings_and_the_response_extension(engine: Cl
 
 
 # --------------------------------------------------------------------------------------------- configuration
-def test_threshold_overrides_apply_and_bad_ones_are_refused() -> None:
-    defaults = Thresholds()
-    assert thresholds_with_overrides(defaults, {"symptom_weeks": 4, "fever_celsius": 38.3}) == Thresholds(
-        symptom_weeks=4, fever_celsius=38.3
-    )
-    for bad, message in [
-        ({"symptom_weekz": 4}, "unknown threshold 'symptom_weekz'"),
-        ({"symptom_weeks": "six"}, "must be a non-negative number"),
-        ({"symptom_weeks": 4.5}, "must be a whole number"),
-        ({"symptom_weeks": True}, "must be a non-negative number"),
-    ]:
-        with pytest.raises(ConfigurationError, match=message):
-            thresholds_with_overrides(defaults, bad)
-
-
 def test_engine_thresholds_come_from_the_service_config() -> None:
     engine = ClinicalEngine.from_config({"thresholds": {"symptom_weeks": 4}})
     assert engine.thresholds.symptom_weeks == 4

@@ -1,9 +1,14 @@
-"""The FHIR boundary: raw FHIR JSON records and draft orders into facts (PRODUCT.md §3.1, §3.2, §4.1)."""
+"""The FHIR boundary: raw FHIR JSON records and draft orders into neutral facts, and those facts judged at a date.
+
+Most tests read a record and judge it (``read``), so that they state what a record means; the reader alone
+(``reader.read``) is tested where the neutral facts themselves are the point.
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -11,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.clinical.facts import Extraction
+from cds_service.clinical.evidence import Evidence, interpret
+from cds_service.clinical.facts import DraftOrder
 from cds_service.clinical.record_reader import RecordReader, parse_date
+from cds_service.clinical.rules import ClinicalRules
 from cds_service.knowledge import Knowledge
 from cds_service.record import PatientRecord
 from tests.clinical_builders import (
@@ -43,11 +50,26 @@ from tests.clinical_builders import (
 
 @pytest.fixture(scope="module")
 def reader(knowledge: Knowledge) -> RecordReader:
-    return RecordReader(knowledge, knowledge.thresholds)
+    return RecordReader(knowledge, measurement_window_days=knowledge.thresholds.current_finding_lookback_days)
 
 
-def read(reader: RecordReader, patient_record: PatientRecord, *drafts: dict[str, Any]) -> Extraction:
-    return reader.read(patient_record, bundle(*drafts), None, NOW)
+@dataclass(frozen=True)
+class Judged:
+    facts: Evidence  # the record judged at NOW
+    orders: tuple[DraftOrder, ...]
+    skipped: tuple[str, ...]
+
+
+_RULES: dict[int, ClinicalRules] = {}
+
+
+def read(reader: RecordReader, patient_record: PatientRecord, *drafts: dict[str, Any]) -> Judged:
+    from cds_service.knowledge import load_knowledge
+
+    knowledge = load_knowledge()
+    rules = _RULES.setdefault(0, ClinicalRules.from_knowledge(knowledge, knowledge.thresholds))
+    extraction = reader.read(patient_record, bundle(*drafts), None, NOW)
+    return Judged(interpret(extraction.facts, rules, NOW.date()), extraction.orders, extraction.skipped)
 
 
 @pytest.mark.parametrize(
@@ -146,7 +168,7 @@ def test_safety_conditions_are_sorted_into_their_families(reader: RecordReader) 
         record(condition(ICD, "Z95.0"), condition(ICD, "N18.4"), condition(ICD, "Z99.2"), condition(ICD, "Z33.1")),
     ).facts
     assert [f.concept for f in facts.implants] == ["mr_implant"]
-    assert sorted(f.concept for f in facts.kidney) == ["dialysis", "kidney_failure"]
+    assert sorted(f.concept for f in facts.contrast_concerns) == ["dialysis", "kidney_failure"]
     assert [f.concept for f in facts.pregnancy] == ["pregnancy"]
 
 
@@ -244,6 +266,40 @@ def test_positive_pregnancy_test_is_pregnancy_and_negative_is_not(reader: Record
     assert read(reader, record(negative)).facts.pregnancy == ()
 
 
+@pytest.mark.parametrize(
+    ("value", "pregnant"),
+    [
+        ({"text": "Not possible to interpret (hemolysed specimen)"}, False),
+        ({"text": "Postponed"}, False),
+        ({"text": "Positive"}, True),
+        ({"text": "POS"}, True),
+        ({"text": "Negative"}, False),
+        ({"text": "Indeterminate, positive control failed"}, False),
+        ({"text": "Test cancelled: specimen not received"}, False),
+        ({"text": "Possibly early, repeat in 48 h"}, False),
+        ({"coding": [{"system": SNOMED, "code": "10828004"}], "text": "see comment"}, True),
+    ],
+)
+def test_pregnancy_test_positivity_uses_codes_then_whole_words(
+    reader: RecordReader, value: dict[str, Any], pregnant: bool
+) -> None:
+    """Coded value first; text only as whole words; "not possible / hemolysed / cancelled ..." is unknown."""
+    test = observation("2106-3", value_concept=value)
+    assert bool(read(reader, record(test)).facts.pregnancy) is pregnant
+
+
+def test_pregnancy_test_interpretation_code_counts_when_the_value_is_not_coded(reader: RecordReader) -> None:
+    test = observation("2106-3")
+    test["interpretation"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "POS"}]}
+    ]
+    assert [f.concept for f in read(reader, record(test)).facts.pregnancy] == ["pregnancy"]
+    test["interpretation"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "H"}]}
+    ]
+    assert read(reader, record(test)).facts.pregnancy == ()  # "high" says nothing about a qualitative test
+
+
 def concept_positive(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display}
 
@@ -251,7 +307,7 @@ def concept_positive(code: str, display: str) -> dict[str, Any]:
 def test_devices_and_gadolinium_allergy_are_recognised_from_text(reader: RecordReader) -> None:
     facts = read(reader, record(device("Cardiac pacemaker"), allergy("Gadolinium contrast allergy"))).facts
     assert [f.concept for f in facts.implants] == ["mr_implant"]
-    assert [f.concept for f in facts.gadolinium_allergy] == ["gadolinium_allergy"]
+    assert [f.concept for f in facts.contrast_concerns] == ["gadolinium_allergy"]
 
 
 def test_prior_lumbar_imaging_comes_from_completed_orders_reports_and_studies(reader: RecordReader) -> None:
@@ -282,7 +338,7 @@ def test_prior_lumbar_imaging_comes_from_completed_orders_reports_and_studies(re
 
 def test_a_record_service_request_that_is_a_draft_order_is_not_history(reader: RecordReader) -> None:
     draft = draft_service_request("72148")
-    facts = reader.read(record(dict(draft, status="active")), bundle(draft), None, NOW).facts
+    facts = reader.read(record(dict(draft, status="active")), bundle(draft), None, NOW).facts  # neutral facts
     assert facts.prior_imaging == ()
 
 
@@ -400,9 +456,12 @@ def test_an_invalid_r4_draft_is_still_read_with_a_note(reader: RecordReader) -> 
     assert notes and notes[0].startswith("ServiceRequest/sr-1 did not validate")
 
 
-def test_topical_or_aspirin_draft_is_not_a_therapy_order(reader: RecordReader) -> None:
-    orders, _ = reader.read_draft_orders(bundle(draft_medication(None, text="diclofenac 1% topical gel")), None)
-    assert orders[0].kind == "other"
+def test_topical_or_aspirin_drafts_are_read_as_what_they_are(reader: RecordReader) -> None:
+    topical = draft_medication(None, text="diclofenac 1% topical gel")
+    aspirin = draft_medication(None, text="aspirin 81 mg tablet")
+    orders, _ = reader.read_draft_orders(bundle(topical, aspirin), None)
+    facts = [(o.kind, o.drug_class, o.systemic, o.antiplatelet_aspirin) for o in orders]
+    assert facts == [("medication", "nsaid", False, False), ("medication", "nsaid", True, True)]
 
 
 # ------------------------------------------------------------------------------------------------- performance

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.knowledge import CONCEPT_KEYS, load_knowledge
+from cds_service.knowledge import load_knowledge
 from cds_service.knowledge.systems import ATC, CPT, ICD10CM, LOINC, RADLEX, RXNORM, SNOMED
 
 with warnings.catch_warnings():
@@ -117,13 +117,30 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     **{
         (RXNORM, code): ("V", VSAC73, f"drug:{ingredient}")
         for code, ingredient in [
-            ("310965", "ibuprofen"), ("197805", "ibuprofen"), ("197806", "ibuprofen"), ("197807", "ibuprofen"),
-            ("198013", "naproxen"), ("198012", "naproxen"), ("198014", "naproxen"),
-            ("849574", "naproxen"), ("849431", "naproxen"),
-            ("311486", "meloxicam"), ("152695", "meloxicam"), ("205322", "celecoxib"), ("205323", "celecoxib"),
-            ("855926", "diclofenac"), ("855942", "diclofenac"), ("834022", "ketorolac"),
-            ("197817", "indomethacin"), ("197818", "indomethacin"), ("197686", "etodolac"), ("199390", "etodolac"),
-            ("311892", "nabumetone"), ("311893", "nabumetone"), ("198107", "piroxicam"), ("198108", "piroxicam"),
+            ("310965", "ibuprofen"),
+            ("197805", "ibuprofen"),
+            ("197806", "ibuprofen"),
+            ("197807", "ibuprofen"),
+            ("198013", "naproxen"),
+            ("198012", "naproxen"),
+            ("198014", "naproxen"),
+            ("849574", "naproxen"),
+            ("849431", "naproxen"),
+            ("311486", "meloxicam"),
+            ("152695", "meloxicam"),
+            ("205322", "celecoxib"),
+            ("205323", "celecoxib"),
+            ("855926", "diclofenac"),
+            ("855942", "diclofenac"),
+            ("834022", "ketorolac"),
+            ("197817", "indomethacin"),
+            ("197818", "indomethacin"),
+            ("197686", "etodolac"),
+            ("199390", "etodolac"),
+            ("311892", "nabumetone"),
+            ("311893", "nabumetone"),
+            ("198107", "piroxicam"),
+            ("198108", "piroxicam"),
             ("197855", "ketoprofen"),
         ]
     },  # fmt: skip
@@ -167,7 +184,7 @@ def _valueset(key: str) -> dict[str, Any]:
 
 def _icd_concepts() -> list[tuple[str, str, str]]:
     found = []
-    for key in CONCEPT_KEYS:
+    for key in load_knowledge().concept_keys:
         for include in (_valueset(key).get("compose") or {}).get("include", []):
             if include.get("system") == ICD10CM:
                 found += [(key, concept["code"], concept["display"]) for concept in include.get("concept", [])]
@@ -177,7 +194,7 @@ def _icd_concepts() -> list[tuple[str, str, str]]:
 def _shipped_non_icd_codes() -> set[tuple[str, str]]:
     """Every non-ICD code in the data files, read straight from the JSON (not through the loader)."""
     shipped: set[tuple[str, str]] = set()
-    for key in CONCEPT_KEYS:
+    for key in load_knowledge().concept_keys:
         for include in (_valueset(key).get("compose") or {}).get("include", []):
             if include.get("system") != ICD10CM:
                 shipped |= {(include["system"], concept["code"]) for concept in include.get("concept", [])}
@@ -211,7 +228,7 @@ def test_expanded_icd_codes_all_exist_with_the_package_display() -> None:
             checked += 1
     filtered_keys = {
         key
-        for key in CONCEPT_KEYS
+        for key in load_knowledge().concept_keys
         for include in (_valueset(key).get("compose") or {}).get("include", [])
         if include.get("filter")
     }

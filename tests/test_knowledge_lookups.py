@@ -11,10 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds_service.errors import ConfigurationError
 from cds_service.knowledge import (
     ACR_VARIANTS,
-    CONCEPT_KEYS,
     KNOWLEDGE_VERSION,
     PROCEDURE_KEYS,
     Knowledge,
@@ -171,7 +169,7 @@ def test_range_borders_hold(knowledge: Knowledge, code: str) -> None:
 
 
 def test_every_concept_key_has_a_value_set(knowledge: Knowledge) -> None:
-    for key in CONCEPT_KEYS:
+    for key in knowledge.concept_keys:
         info = knowledge.valueset(key)
         assert info.url == f"http://lumbar-imaging-cds.example.org/fhir/ValueSet/{key}"
         assert info.version == KNOWLEDGE_VERSION
@@ -181,7 +179,7 @@ def test_every_concept_key_has_a_value_set(knowledge: Knowledge) -> None:
 
 
 def test_text_only_concepts_are_the_ones_without_a_verified_code(knowledge: Knowledge) -> None:
-    text_only = {key for key in CONCEPT_KEYS if knowledge.valueset(key).text_only}
+    text_only = {key for key in knowledge.concept_keys if knowledge.valueset(key).text_only}
     assert text_only == {
         "saddle_anesthesia", "physical_therapy", "epidural_steroid_injection",
         "spine_intervention_referral", "gadolinium_allergy",
@@ -455,39 +453,6 @@ def test_threshold_defaults_follow_product_md() -> None:
     assert (thresholds.long_term_steroid_months, thresholds.prior_mri_lookback_months) == (3, 12)
     assert thresholds.fever_celsius == 38.0 and thresholds.egfr_contrast_limit == 30.0
     assert load_knowledge().thresholds == thresholds
-
-
-def test_threshold_overrides() -> None:
-    assert Thresholds.from_overrides(None) == Thresholds()
-    assert Thresholds.from_overrides({}) == Thresholds()
-    changed = Thresholds.from_overrides({"symptom_weeks": 4, "fever_celsius": 38})
-    assert changed.symptom_weeks == 4 and changed.fever_celsius == 38.0 and changed.nsaid_trial_weeks == 2
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"symptom_week": 4}, "thresholds.symptom_week: unknown threshold"),
-        ({"symptom_weeks": "6"}, "thresholds.symptom_weeks: expected a number"),
-        ({"symptom_weeks": 6.5}, "thresholds.symptom_weeks: expected a whole number"),
-        ({"symptom_weeks": True}, "thresholds.symptom_weeks: expected a number"),
-        ({"egfr_contrast_limit": -1}, "thresholds.egfr_contrast_limit: expected a positive number"),
-        ({"fever_celsius": float("nan")}, "thresholds.fever_celsius: expected a positive number"),
-        ([1, 2], "thresholds: expected an object"),
-    ],
-)
-def test_bad_threshold_overrides_name_the_key(overrides: object, message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message.replace(".", r"\.")):
-        Thresholds.from_overrides(overrides)  # type: ignore[arg-type]
-
-
-def test_with_thresholds_shares_the_tables(knowledge: Knowledge) -> None:
-    custom = knowledge.with_thresholds(Thresholds(symptom_weeks=8))
-    assert custom.thresholds.symptom_weeks == 8 and knowledge.thresholds.symptom_weeks == 6
-    assert custom.concepts_of(ICD10CM, "M54.50") == {"low_back_pain"}
-
-
-# -- performance ------------------------------------------------------------------------------
 
 
 def test_lookups_are_constant_time(knowledge: Knowledge) -> None:

@@ -228,8 +228,8 @@ def test_missing_and_unknown_value_set_files(knowledge_dir: Path) -> None:
     (knowledge_dir / "valuesets" / "hiv.json").rename(knowledge_dir / "valuesets" / "aids.json")
     problems = knowledge_problems(knowledge_dir)
     assert problems == [
-        "valuesets/aids.json: unknown concept key (add it to CONCEPT_KEYS in knowledge/base.py)",
-        "valuesets/hiv.json: file not found",
+        "valuesets/aids.json: concept 'aids' has no role (add it to concepts.json)",
+        "concepts.json: concept 'hiv' has no value set (valuesets/hiv.json is missing)",
     ]
 
 
@@ -262,7 +262,9 @@ def test_unknown_concept_key_in_keywords(knowledge_dir: Path) -> None:
     def change(data: Any) -> None:
         data["concepts"]["red_flag"] = {"keywords": ["red flag"], "source": "test"}
 
-    assert _problems_after(knowledge_dir, "keywords.json", change) == ["keywords.json: unknown concept key 'red_flag'"]
+    assert _problems_after(knowledge_dir, "keywords.json", change) == [
+        "keywords.json: unknown concept key 'red_flag' (not in concepts.json)"
+    ]
 
 
 def test_every_problem_is_reported_at_once(knowledge_dir: Path) -> None:
@@ -273,3 +275,75 @@ def test_every_problem_is_reported_at_once(knowledge_dir: Path) -> None:
         "acr_ratings.json: version is '1', expected '2026.11.0'",
         "cards.json: version is '1', expected '2026.11.0'",
     ]
+
+
+# ---------------------------------------------------------------------------------------- the concept role table
+def test_a_role_that_names_an_unknown_concept_or_breaks_the_schema_is_refused(knowledge_dir: Path) -> None:
+    def change(data: Any) -> None:
+        data["concepts"]["fever"]["requires_any"] = ["iv_drug_use", "sepsis"]
+        data["concepts"]["hiv"]["role"] = "worry"
+        data["drug_classes"]["nsaid"]["role"] = "red_flag"
+
+    problems = _problems_after(knowledge_dir, "concepts.json", change)
+    assert any(p.startswith("concepts.json: concepts/hiv/role: 'worry' is not one of") for p in problems)
+    assert any(p.startswith("concepts.json: drug_classes/nsaid:") for p in problems)
+
+
+def test_requires_any_and_drug_class_concepts_must_be_known(knowledge_dir: Path) -> None:
+    def change(data: Any) -> None:
+        data["concepts"]["fever"]["requires_any"] = ["iv_drug_use", "sepsis"]
+
+    assert _problems_after(knowledge_dir, "concepts.json", change) == [
+        "concepts.json: concept 'fever': requires_any names unknown concept 'sepsis'"
+    ]
+
+
+def test_a_concept_without_a_name_or_a_safety_concern_without_its_card_is_refused(knowledge_dir: Path) -> None:
+    def change(data: Any) -> None:
+        del data["terms"]["concepts"]["hiv"]
+        del data["cards"]["pregnancy"]
+
+    problems = _problems_after(knowledge_dir, "cards.json", change)
+    assert "cards.json: card 'pregnancy' is missing (the safety concern of concept 'pregnancy')" in problems
+    assert "cards.json: terms 'concepts': concept 'hiv' has no name" in problems
+
+
+def test_adding_a_concept_with_an_existing_role_is_a_data_only_change(knowledge_dir: Path) -> None:
+    """A new red flag takes effect from data alone: a value set, a role row and a name; no code."""
+    from cds_service.clinical import ClinicalEngine
+    from tests.clinical_builders import NOW, SNOMED, condition, draft_service_request, patient, record, request
+
+    chart = record(
+        patient(birth_date="1975-02-01"),
+        condition(SNOMED, "23056005", display="Sciatica", onset="2026-10-30"),
+        condition(SNOMED, "999000001", display="Test red flag for the data-only change", onset="2026-11-01"),
+    )
+    ct = request(draft_service_request("72131"))
+
+    def topics(directory: Path) -> list[str]:
+        engine = ClinicalEngine(load_knowledge_from(directory), load_knowledge_from(directory).thresholds)
+        cards = engine.evaluate(ct, chart, now=NOW).response.cards
+        return [card.source.topic.code for card in cards if card.source.topic is not None]
+
+    assert topics(knowledge_dir) == ["conservative-care-first"]  # 3 weeks of sciatica: no imaging yet
+    valueset = json.loads((knowledge_dir / "valuesets" / "hiv.json").read_text(encoding="utf-8"))
+    valueset.update(id="test-red-flag", url=valueset["url"].replace("hiv", "test_red_flag"), name="TestRedFlag")
+    concept = {
+        "code": "999000001",
+        "display": "Test red flag for the data-only change",
+        "extension": [{"url": valueset["compose"]["include"][0]["concept"][0]["extension"][0]["url"],
+                       "valueString": "test"}],
+    }  # fmt: skip
+    valueset["compose"] = {"include": [{"system": SNOMED, "concept": [concept]}]}
+    valueset["expansion"]["contains"] = [{"system": SNOMED, "code": "999000001", "display": concept["display"]}]
+    (knowledge_dir / "valuesets" / "test_red_flag.json").write_text(json.dumps(valueset), encoding="utf-8")
+    _edit(
+        knowledge_dir,
+        "concepts.json",
+        lambda data: data["concepts"].update(
+            test_red_flag={"role": "red_flag", "found_in": ["Condition"], "timing": "active", "variants": [7]}
+        ),
+    )
+    _edit(knowledge_dir, "cards.json", lambda data: data["terms"]["concepts"].update(test_red_flag="Test red flag"))
+    assert knowledge_problems(knowledge_dir) == []
+    assert topics(knowledge_dir) == ["cancer-infection-immunosuppression"]

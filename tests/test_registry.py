@@ -21,7 +21,7 @@ def _valid(service_id: str = "svc") -> dict[str, Any]:
         "title": "A service",
         "description": "Does something useful.",
         "prefetch": {"patient": "Patient/{{context.patientId}}"},
-        "_config": {"thresholds": {}},
+        "_config": {"engine": "lumbar-imaging", "thresholds": {}},
     }
 
 
@@ -69,7 +69,7 @@ def test_default_hooks_dir_is_the_source_checkout_in_development() -> None:
         ),
         (lambda d: d.update(prefetch=["Patient"]), "svc.json: 'prefetch' must map keys to FHIR query template strings"),
         (lambda d: d.update(cards=[]), "svc.json: unknown field(s) cards"),
-        (lambda d: d.update(_config=[]), "svc.json: '_config' must be an object"),
+        (lambda d: d.update(_config=[]), "svc.json: _config: [] is not of type 'object'"),
     ],
 )
 def test_bad_definition_stops_startup_naming_file_and_problem(tmp_path: Path, mutate: Any, message: str) -> None:
@@ -105,3 +105,63 @@ def test_registry_is_read_only() -> None:
         definition.prefetch["x"] = "Patient/1"  # type: ignore[index]
     with pytest.raises(TypeError):
         definition.config["thresholds"] = {}  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------- _config: one schema checks it
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"engine": "lumbar-imaging", "threshold": {}}, "svc.json: _config: Additional properties are not allowed"),
+        ({"thresholds": {}}, "svc.json: _config: 'engine' is a required property"),
+        ({"engine": "spine-ai"}, "svc.json: _config.engine: 'spine-ai' is not one of ['lumbar-imaging']"),
+        ({"engine": "lumbar-imaging", "thresholds": {"symptom_weekz": 4}}, "svc.json: _config.thresholds:"),
+        (
+            {"engine": "lumbar-imaging", "thresholds": {"symptom_weeks": "six"}},
+            "svc.json: _config.thresholds.symptom_weeks: 'six' is not of type 'integer'",
+        ),
+        (
+            {"engine": "lumbar-imaging", "thresholds": {"symptom_weeks": 4.5}},
+            "svc.json: _config.thresholds.symptom_weeks: 4.5 is not of type 'integer'",
+        ),
+        (
+            {"engine": "lumbar-imaging", "thresholds": {"symptom_weeks": True}},
+            "svc.json: _config.thresholds.symptom_weeks: True is not of type 'integer'",
+        ),
+        (
+            {"engine": "lumbar-imaging", "thresholds": {"symptom_weeks": 0}},
+            "svc.json: _config.thresholds.symptom_weeks: 0 is less than the minimum of 1",
+        ),
+        (
+            {"engine": "lumbar-imaging", "thresholds": {"fever_celsius": 100}},
+            "svc.json: _config.thresholds.fever_celsius: 100 is greater than the maximum of 42.0",
+        ),
+        ([1, 2], "svc.json: _config: [1, 2] is not of type 'object'"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_file_and_member(tmp_path: Path, config: Any, message: str) -> None:
+    definition = _valid()
+    definition["_config"] = config
+    _write(tmp_path, definition)
+    with pytest.raises(ConfigurationError) as raised:
+        load_registry(tmp_path)
+    assert message in str(raised.value)
+
+
+def test_non_finite_numbers_are_refused_before_the_schema(tmp_path: Path) -> None:
+    text = json.dumps(_valid()).replace('"thresholds": {}', '"thresholds": {"fever_celsius": NaN}')
+    _write(tmp_path, text, "svc.json")
+    with pytest.raises(ConfigurationError, match=r"svc\.json: .*NaN"):
+        load_registry(tmp_path)
+
+
+def test_thresholds_of_the_config_reach_the_engine(tmp_path: Path) -> None:
+    from cds_service.clinical import ClinicalEngine
+
+    definition = _valid()
+    definition["_config"] = {"engine": "lumbar-imaging", "thresholds": {"symptom_weeks": 4, "fever_celsius": 38.5}}
+    _write(tmp_path, definition)
+    loaded = load_registry(tmp_path).get("svc")
+    assert loaded is not None
+    engine = ClinicalEngine.from_config(loaded.config)
+    assert (engine.thresholds.symptom_weeks, engine.thresholds.fever_celsius) == (4, 38.5)
+    assert engine.rules.thresholds is engine.thresholds

@@ -13,7 +13,7 @@ Identifiers are deterministic so that golden files are byte-stable: card, sugges
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -28,18 +28,11 @@ from cds_service.clinical.decision import (
     Proposal,
     Rating,
     TherapyAssessment,
-    rate,
 )
-from cds_service.clinical.facts import (
-    ClinicalFacts,
-    CodeRef,
-    DraftOrder,
-    Finding,
-    MedicationCourse,
-    UncountedMedication,
-)
+from cds_service.clinical.evidence import Evidence, MedicationCourse, UncountedMedication
+from cds_service.clinical.facts import CodeRef, DraftOrder, Finding
 from cds_service.errors import ConfigurationError
-from cds_service.knowledge import AcrCategory, Knowledge, Thresholds
+from cds_service.knowledge import Knowledge, Thresholds
 from cds_service.knowledge.loader import TERM_SECTIONS
 from cds_service.knowledge.systems import CPT, LOINC, coding_key
 from cds_service.protocol.response import Action, Card, Coding, Link, Source, Suggestion
@@ -62,6 +55,7 @@ SUGGESTED_PROCEDURE_KEYS: tuple[str, ...] = (
 )  # fmt: skip
 ORDER_CODE_SYSTEMS: tuple[str, ...] = (CPT, LOINC)
 MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
+INDICATORS = frozenset({"info", "warning", "critical"})
 
 # The suggestions each card kind may offer (names in the card texts); checked at start-up.
 SUGGESTIONS_OF_CARD: Mapping[ConcernKind, tuple[str, ...]] = {
@@ -146,6 +140,8 @@ class CardTexts:
             for member in ("summary", "detail"):
                 if not isinstance(card.get(member), str):
                     missing.append(f"cards.{kind}.{member}")
+            if card.get("indicator") not in INDICATORS:
+                missing.append(f"cards.{kind}.indicator")
             suggestions = _section(card, "suggestions")
             missing.extend(f"cards.{kind}.suggestions.{name}" for name in suggestion_names if name not in suggestions)
             missing.extend(
@@ -210,6 +206,7 @@ class RenderContext:
     encounter_id: str | None
     user_id: str | None
     today: date
+    consult_ids: Mapping[str, str]  # order reference -> its PAMA consult id (computed once, by the engine)
 
 
 @dataclass(frozen=True)
@@ -217,7 +214,7 @@ class _Rendering:
     """What every card of one request draws on: the facts, the therapy assessment, its lines (worded once: a card's
     detail and its suggested order's note cite the same trials) and the request's context."""
 
-    facts: ClinicalFacts
+    evidence: Evidence
     therapy: TherapyAssessment
     therapy_lines: tuple[str, ...]
     context: RenderContext
@@ -258,18 +255,11 @@ def consult_id(session_key: str, order: str) -> str:
 class CardRenderer:
     """Turns a Decision into cards and rating system actions. Built once per engine; stateless afterwards."""
 
-    def __init__(
-        self,
-        texts: CardTexts,
-        thresholds: Thresholds,
-        acr_category: Callable[[str, int], AcrCategory | None],
-        knowledge: Knowledge,
-    ) -> None:
+    def __init__(self, texts: CardTexts, thresholds: Thresholds, knowledge: Knowledge) -> None:
         self._texts = texts
         self._terms = texts.terms
         self._evidence: Mapping[str, str] = texts.terms["evidence"]
         self._thresholds = thresholds
-        self._acr_category = acr_category
         self._sources = {kind: self._source(kind) for kind in SUGGESTIONS_OF_CARD}
         self._orderable_codings = orderable_codings(knowledge)
         self._mri_keys = frozenset(
@@ -278,15 +268,16 @@ class CardRenderer:
         self._mri_protocol = knowledge.mri_protocol
 
     # ----------------------------------------------------------------------------------------- rendering
-    def render(
-        self, decision: Decision, facts: ClinicalFacts, context: RenderContext
-    ) -> tuple[tuple[Card, ...], tuple[Action, ...]]:
+    def render(self, decision: Decision, context: RenderContext) -> tuple[tuple[Card, ...], tuple[Action, ...]]:
         """All cards (at most one per order and concern) and the rating system actions, in draft order."""
         cards: list[Card] = []
         actions: list[Action] = []
         has_cards = any(o.concerns for o in decision.orders)
         rendering = _Rendering(
-            facts, decision.therapy, tuple(self.therapy_lines(decision.therapy)) if has_cards else (), context
+            decision.evidence,
+            decision.therapy,
+            tuple(self.therapy_lines(decision.therapy)) if has_cards else (),
+            context,
         )
         for order_decision in decision.orders:
             if order_decision.rating is not None:
@@ -309,7 +300,7 @@ class CardRenderer:
         ]
 
     def _rating_action(self, order: DraftOrder, rating: Rating, context: RenderContext) -> Action:
-        extensions = self.rating_extensions(rating, consult_id(context.session_key, order.reference))
+        extensions = self.rating_extensions(rating, context.consult_ids[order.reference])
         template = self._terms["rating_action"] if rating.category else self._terms["rating_action_no_category"]
         return Action(
             type="update",
@@ -353,7 +344,7 @@ class CardRenderer:
         return Card(
             uuid=uuid_for(rendering.context.hook_instance, f"card:{concern.kind}", order.reference),
             summary=_summary(_fill(str(text["summary"]), **self._limited(values))),
-            indicator=concern.indicator,
+            indicator=text["indicator"],
             source=self._sources[concern.kind],
             detail=self._detail(concern, order_decision, rendering, values),
             suggestions=suggestions,
@@ -366,10 +357,7 @@ class CardRenderer:
     def _values(self, concern: Concern, order_decision: OrderDecision, therapy: TherapyAssessment) -> dict[str, object]:
         """Summary and detail placeholder values."""
         order = order_decision.order
-        variants = order_decision.variants
-        category = None
-        if order.procedure_key is not None and variants is not None and variants.driving is not None:
-            category = self._acr_category(order.procedure_key, variants.driving)
+        category = order_decision.category
         prior = next((f for f in concern.findings if f.concept == "prior_lumbar_mri"), None)
         rating_category = order_decision.rating.category if order_decision.rating is not None else None
         values: dict[str, object] = {
@@ -445,7 +433,7 @@ class CardRenderer:
             ]
         if concern.kind in ("mr_implant", "contrast_safety", "pregnancy"):
             return [self._finding_line(f) for f in concern.findings]
-        lines = self._episode_lines(rendering.facts, rendering.therapy)
+        lines = self._episode_lines(rendering.evidence, rendering.therapy)
         long_term = {course.reference: course for course in rendering.therapy.long_term_steroids}
         for finding in concern.findings:
             course = long_term.get(finding.reference)
@@ -458,10 +446,10 @@ class CardRenderer:
             lines.append(self._texts.phrases["long_term_steroids"])
         if concern.kind in _THERAPY_EVIDENCE_CARDS:
             lines.extend(rendering.therapy_lines)
-            lines.extend(self._uncounted_lines(rendering.facts))
+            lines.extend(self._uncounted_lines(rendering.evidence))
         return lines
 
-    def _episode_lines(self, facts: ClinicalFacts, therapy: TherapyAssessment) -> list[str]:
+    def _episode_lines(self, facts: Evidence, therapy: TherapyAssessment) -> list[str]:
         """Every back pain, sciatica, radiculopathy, disc or stenosis condition on record, earliest first.
 
         The earliest carries the episode's length. A condition is listed once, however many of these concepts its
@@ -487,7 +475,7 @@ class CardRenderer:
                 lines.append(line)
         return lines
 
-    def _uncounted_lines(self, facts: ClinicalFacts) -> list[str]:
+    def _uncounted_lines(self, facts: Evidence) -> list[str]:
         """One line per NSAID or corticosteroid found but not counted as a trial, and why (most recent items)."""
         items: list[UncountedMedication] = sorted(facts.uncounted_medications, key=lambda m: m.start or date.min)
         lines = [
@@ -620,11 +608,9 @@ class CardRenderer:
             "text": self._terms["procedures"][key],
         }
 
-    def _rated_extensions(self, key: str, order_decision: OrderDecision, consult: str) -> list[dict[str, Any]]:
-        """A suggested procedure carries its own pre-computed rating when the known facts determine it."""
-        variants = order_decision.variants
-        rating = rate(key, variants.possible, self._acr_category) if variants is not None else None
-        return self.rating_extensions(rating, consult) if rating is not None else []
+    def _rated_extensions(self, proposal: Proposal, consult: str) -> list[dict[str, Any]]:
+        """A suggested procedure carries the rating the decision gave it, when the known facts determine one."""
+        return self.rating_extensions(proposal.rating, consult) if proposal.rating is not None else []
 
     def _order_fields(self, concern: Concern, key: str, proposal: Proposal, rendering: _Rendering) -> dict[str, Any]:
         """What makes a suggested order complete: reasons, evidence references and notes (PRODUCT.md §3.5)."""
@@ -632,7 +618,7 @@ class CardRenderer:
         # study first, then the back-pain episode.
         reasons: dict[str, tuple[str, tuple[CodeRef, ...]]] = {}
         therapy = rendering.therapy
-        for finding in (*concern.findings, *rendering.facts.episode.findings):
+        for finding in (*concern.findings, *rendering.evidence.episode.findings):
             if finding.reference.startswith("Condition/") and finding.reference not in reasons:
                 reasons[finding.reference] = (self._label(finding), finding.codes)
         supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
@@ -673,7 +659,7 @@ class CardRenderer:
         consult = consult_id(context.session_key, f"{reference}|{concern.kind}:{proposal.purpose}")
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
-            "extension": self._rated_extensions(key, order_decision, consult),
+            "extension": self._rated_extensions(proposal, consult),
             "status": "draft",
             "intent": "order",
             # Text only: no verified code for "imaging" ships (reference/clinical.md), as in the converted order.
@@ -695,9 +681,7 @@ class CardRenderer:
             resource = _json_copy(order.raw)
             resource["priority"] = "stat"
             return resource
-        resource = _with_extensions(
-            order.raw, self._rated_extensions(key, order_decision, consult_id(context.session_key, order.reference))
-        )
+        resource = _with_extensions(order.raw, self._rated_extensions(proposal, context.consult_ids[order.reference]))
         resource.setdefault("status", "draft")
         resource.setdefault("intent", "order")
         resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})

@@ -21,19 +21,21 @@ When / Then (PRODUCT.md §3.3-§3.5):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Literal
 
-from cds_service.clinical.facts import ClinicalFacts, DraftOrder, Finding, MedicationCourse, PriorImaging
-from cds_service.knowledge import AcrCategory, Thresholds
+from cds_service.clinical.evidence import Evidence, MedicationCourse, interpret
+from cds_service.clinical.facts import ClinicalFacts, DraftOrder, Finding, PriorImaging
+from cds_service.clinical.rules import MEDICATION_TYPES, RED_FLAG_VARIANTS, ClinicalRules
+from cds_service.knowledge import AcrCategory
 
 RatingCode = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
-Indicator = Literal["info", "warning", "critical"]
 ActionKind = Literal["create", "update", "delete"]
 Priority = Literal["routine", "stat"]
-# One card kind per situation of PRODUCT.md §3.5; the names are the keys of the card texts (knowledge cards.json).
+# One card kind per situation (docs/clinical-rules.md, "Cards"); the names are the keys of the card texts
+# (knowledge cards.json), which also hold each card's indicator.
 ConcernKind = Literal[
     "cauda_equina",
     "cancer_infection",
@@ -52,8 +54,6 @@ ConcernKind = Literal[
     "data_missing",
 ]
 
-# ACR variants in order of precedence (clinical.md §2.2 point 5); 3 and 1/2 are the "no red flag" baseline.
-RED_FLAG_PRECEDENCE: tuple[int, ...] = (4, 7, 6, 5)
 _RATING_OF_CATEGORY: Mapping[AcrCategory, RatingCode] = {
     "UA": "appropriate",
     "MBA": "appropriate",
@@ -63,47 +63,13 @@ _RATING_OF_CATEGORY: Mapping[AcrCategory, RatingCode] = {
 MRI_KEYS = frozenset({"MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO", "MR_LSPINE"})
 CONTRAST_MRI_KEYS = frozenset({"MR_LSPINE_W", "MR_LSPINE_WWO"})
 CONTRAST_KEYS = CONTRAST_MRI_KEYS | frozenset({"CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE"})
-# Orders that pregnancy makes a concern for: gadolinium or ionising radiation (PRODUCT.md §3.5, clinical.md §5).
+# Orders that pregnancy makes a concern for: gadolinium or ionising radiation (docs/clinical-rules.md, "Safety").
 PREGNANCY_CONCERN_KEYS = CONTRAST_MRI_KEYS | frozenset(
     {"XR_LSPINE", "CT_LSPINE_WO", "CT_LSPINE_W", "CT_LSPINE_WWO", "CT_MYELO_LSPINE"}
 )
 MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
-
-INDICATION_CONCEPTS = frozenset(
-    {
-        "low_back_pain",
-        "sciatica",
-        "lumbar_radiculopathy",
-        "lumbar_disc_disorder",
-        "lumbar_stenosis",
-        "cauda_equina_syndrome",
-    }
-)
-RADICULAR_CONCEPTS = frozenset({"sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis"})
-_CAUDA_EQUINA_SIGNS = frozenset({"urinary_retention", "fecal_incontinence", "saddle_anesthesia"})
-_V7_CONCEPTS = frozenset(
-    {
-        "malignancy",
-        "spinal_infection",
-        "iv_drug_use",
-        "hiv",
-        "transplant",
-        "immunosuppression",
-        "long_term_steroids",
-        "weight_loss",
-    }
-)
-_V6_CONCEPTS = frozenset({"osteoporosis", "vertebral_fracture", "long_term_steroids", "low_velocity_trauma"})
-_MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest")
 _IMAGING_TYPES = ("ServiceRequest", "DiagnosticReport", "ImagingStudy")
-# Which unobtainable resource types could hide each variant's trigger.
-_SOURCES_OF_VARIANT: Mapping[int, tuple[str, ...]] = {
-    4: ("Condition",),
-    7: ("Condition", *_MEDICATION_TYPES, "Procedure"),
-    6: ("Condition", *_MEDICATION_TYPES, "Patient"),
-    5: ("Condition", "Procedure"),
-}
-# Procedures each red-flag variant suggests, best first (PRODUCT.md §3.5).
+# Procedures each red-flag variant suggests, best first (docs/clinical-rules.md, "Cards").
 _VARIANT_ALTERNATIVES: Mapping[int, tuple[str, ...]] = {
     4: (MRI_WITHOUT_CONTRAST,),
     7: ("MR_LSPINE_WWO", MRI_WITHOUT_CONTRAST),
@@ -123,7 +89,6 @@ SUGGESTION_OF_PROCEDURE: Mapping[str, str] = {
     "XR_LSPINE": "radiographs",
     "CT_LSPINE_WO": "ct_wo",
 }
-_VARIANT_INDICATOR: Mapping[int, Indicator] = {4: "critical", 7: "warning", 6: "warning", 5: "info"}
 _DAYS_PER_MONTH = 30.44
 
 
@@ -143,6 +108,8 @@ class Proposal:
     procedure_key: str | None = None
     priority: Priority = "routine"
     recommended: bool = False
+    # The rating the suggested procedure gets from the same facts, carried by the order it creates or converts to.
+    rating: Rating | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +118,6 @@ class Concern:
 
     kind: ConcernKind
     order: str  # the draft order reference the card is about
-    indicator: Indicator
     proposals: tuple[Proposal, ...] = ()
     findings: tuple[Finding, ...] = ()  # evidence to cite (red flags, implants, prior imaging ...)
     missing_types: tuple[str, ...] = ()  # for "data_missing": resource types that could not be obtained
@@ -160,7 +126,7 @@ class Concern:
 
 @dataclass(frozen=True)
 class TherapyAssessment:
-    """Conservative therapy on record (PRODUCT.md §3.2); ``None`` members are unknown, not false."""
+    """Conservative therapy on record (docs/clinical-rules.md, "Conservative therapy"); ``None`` is unknown."""
 
     symptom_weeks: float | None
     duration_met: bool | None
@@ -191,12 +157,14 @@ class OrderDecision:
     variants: VariantAssessment | None
     concerns: tuple[Concern, ...]
     no_recent_egfr: bool = False  # a contrast order and no eGFR within the look-back: said in the card detail
+    category: AcrCategory | None = None  # the ACR category of the order in its driving variant, when there is one
 
 
 @dataclass(frozen=True)
 class Decision:
     orders: tuple[OrderDecision, ...]
     therapy: TherapyAssessment
+    evidence: Evidence
 
     @property
     def determined_anything(self) -> bool:
@@ -209,30 +177,30 @@ class Decision:
         return any(c.kind == "data_missing" for o in self.orders for c in o.concerns)
 
 
-def decide(
-    facts: ClinicalFacts,
-    orders: tuple[DraftOrder, ...],
-    thresholds: Thresholds,
-    today: date,
-    acr_category: Callable[[str, int], AcrCategory | None],
-) -> Decision:
+def decide(facts: ClinicalFacts, orders: tuple[DraftOrder, ...], rules: ClinicalRules, today: date) -> Decision:
     """Decide ratings and concerns for every selected draft order. Pure: same input, same output."""
-    therapy = assess_therapy(facts, orders, thresholds, today)
+    return decide_from_evidence(interpret(facts, rules, today), orders, rules, today)
+
+
+def decide_from_evidence(
+    evidence: Evidence, orders: tuple[DraftOrder, ...], rules: ClinicalRules, today: date
+) -> Decision:
+    """The decision once the facts are judged (see :func:`cds_service.clinical.evidence.interpret`)."""
+    therapy = assess_therapy(evidence, orders, rules, today)
     decisions = tuple(
-        _decide_order(order, facts, orders, therapy, thresholds, today, acr_category)
-        for order in orders
-        if order.selected
+        _decide_order(order, evidence, orders, therapy, rules, today) for order in orders if order.selected
     )
-    return Decision(orders=decisions, therapy=therapy)
+    return Decision(orders=decisions, therapy=therapy, evidence=evidence)
 
 
 # ----------------------------------------------------------------------------------------------- therapy
 def assess_therapy(
-    facts: ClinicalFacts, orders: tuple[DraftOrder, ...], thresholds: Thresholds, today: date
+    evidence: Evidence, orders: tuple[DraftOrder, ...], rules: ClinicalRules, today: date
 ) -> TherapyAssessment:
-    """Symptom duration, adequate trials and candidacy (PRODUCT.md §3.2)."""
-    episode = facts.episode
-    conditions_known = facts.is_known("Condition")
+    """Symptom duration, adequate trials and candidacy (docs/clinical-rules.md, "Conservative therapy")."""
+    thresholds = rules.thresholds
+    episode = evidence.episode
+    conditions_known = evidence.is_known("Condition")
     if episode.weeks is not None:
         duration_met: bool | None = episode.weeks >= thresholds.symptom_weeks
     else:
@@ -244,33 +212,33 @@ def assess_therapy(
         last_day = course.end or course.start or today
         return onset is None or last_day >= onset
 
-    nsaids = tuple(c for c in facts.courses if c.drug_class == "nsaid" and in_episode(c))
+    nsaids = tuple(c for c in evidence.courses if c.drug_class == "nsaid" and in_episode(c))
     steroids = tuple(
         c
-        for c in facts.courses
+        for c in evidence.courses
         if c.drug_class == "systemic_corticosteroid" and c.kind in ("burst", "prolonged", "trial") and in_episode(c)
     )
-    long_term = tuple(c for c in facts.courses if c.kind == "long_term")
+    long_term = tuple(c for c in evidence.courses if c.kind == "long_term")
     nsaid_adequate = len(nsaids) >= thresholds.nsaid_trial_min_orders or any(
         c.weeks is not None and c.weeks >= thresholds.nsaid_trial_weeks for c in nsaids
     )
-    found_trial = nsaid_adequate or bool(steroids) or bool(facts.physical_therapy)
-    therapy_known = facts.is_known(*_MEDICATION_TYPES, "Procedure", "ServiceRequest")
+    found_trial = nsaid_adequate or bool(steroids) or bool(evidence.physical_therapy)
+    therapy_known = evidence.is_known(*MEDICATION_TYPES, "Procedure", "ServiceRequest")
     adequate: bool | None = True if found_trial else (False if therapy_known else None)
     active = episode.active or not conditions_known
     failed = _and3(duration_met, adequate, active)
     draft_candidacy = any(o.kind in ("procedure", "referral") for o in orders)
-    if facts.intervention_referrals or draft_candidacy:
+    if evidence.intervention_referrals or draft_candidacy:
         candidate: bool | None = True
     else:
-        candidate = False if facts.is_known("ServiceRequest", "Procedure") else None
+        candidate = False if evidence.is_known("ServiceRequest", "Procedure") else None
     return TherapyAssessment(
         symptom_weeks=episode.weeks,
         duration_met=duration_met,
         nsaid_courses=nsaids,
         steroid_courses=steroids,
         long_term_steroids=long_term,
-        physical_therapy=facts.physical_therapy,
+        physical_therapy=evidence.physical_therapy,
         nsaid_adequate=nsaid_adequate,
         adequate=adequate,
         active=episode.active,
@@ -291,28 +259,28 @@ def _and3(*values: bool | None) -> bool | None:
 
 # ---------------------------------------------------------------------------------------------- variants
 def assess_variants(
-    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds
+    evidence: Evidence, therapy: TherapyAssessment, order: DraftOrder, rules: ClinicalRules
 ) -> VariantAssessment:
     """The ACR variants possible for this order, in precedence order, and the one that drives the card."""
-    flags = _red_flags(facts, therapy, order, thresholds)
+    flags = _red_flags(evidence, therapy, order, rules)
     possible: list[int] = []
     unknown_sources: list[str] = []
     driving: int | None = None
-    for variant in RED_FLAG_PRECEDENCE:
+    for variant in RED_FLAG_VARIANTS:
         if flags.get(variant):
             possible.append(variant)
             driving = variant
             break
-        missing = [t for t in _SOURCES_OF_VARIANT[variant] if t in facts.unknown_types]
-        if variant == 6 and facts.age is None and "Patient" not in missing:
+        missing = [t for t in rules.variant_sources[variant] if t in evidence.unknown_types]
+        if variant == 6 and evidence.age is None and "Patient" not in missing:
             missing.append("Patient")  # no birth date: age is unknown, not young
-        if variant == 7 and not missing and _fever_pending(facts, order):
+        if not missing and _measurement_pending(evidence, order, rules, variant):
             missing.append("Observation")
         if missing:
             possible.append(variant)
             unknown_sources.extend(t for t in missing if t not in unknown_sources)
     if driving is None:
-        baseline, baseline_unknown = _baseline_variants(facts, therapy, order)
+        baseline, baseline_unknown = _baseline_variants(evidence, therapy, order, rules)
         possible.extend(baseline)
         unknown_sources.extend(t for t in baseline_unknown if t not in unknown_sources)
         if len(baseline) == 1 and not unknown_sources:
@@ -322,139 +290,156 @@ def assess_variants(
 
 
 def _red_flags(
-    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder, thresholds: Thresholds
+    evidence: Evidence, therapy: TherapyAssessment, order: DraftOrder, rules: ClinicalRules
 ) -> dict[int, tuple[Finding, ...]]:
-    """Red flags on record (and in the order's own reasons) per red-flag variant (PRODUCT.md §3.3)."""
-    findings = list(facts.red_flags)
+    """Red flags on record (and in the order's own reasons) per red-flag variant (docs/clinical-rules.md)."""
+    thresholds = rules.thresholds
+    findings = list(evidence.red_flags)
     on_record = {f.concept for f in findings}
     # The order's own reason codes are evidence too (e.g. an order placed "for suspected cauda equina").
     findings.extend(f for f in order.reasons if f.concept not in on_record)
     for course in therapy.long_term_steroids:
         label = " ".join(part for part in (course.ingredient, course.dose_text) if part)
         findings.append(Finding("long_term_steroids", course.reference, course.start, label))
+    temperature = evidence.max_temperature
+    if temperature is not None and temperature.value >= thresholds.fever_celsius:
+        findings.append(Finding("fever", temperature.reference, temperature.recorded, f"{temperature.value:.1f}"))
     concepts = {f.concept for f in findings}
-    has_back_pain = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
+    has_back_pain = bool(evidence.episode.findings) or bool(order.reason_concepts & rules.indication_concepts)
 
-    v4 = [f for f in findings if f.concept == "cauda_equina_syndrome"]
-    if has_back_pain:
-        v4 += [f for f in findings if f.concept in _CAUDA_EQUINA_SIGNS]
-    v7 = [f for f in findings if f.concept in _V7_CONCEPTS]
-    if concepts & {"iv_drug_use", "recent_infection"}:
-        v7 += [f for f in findings if f.concept == "fever"]
-        temperature = facts.max_temperature
-        if temperature is not None and temperature.value >= thresholds.fever_celsius:
-            v7.append(Finding("fever", temperature.reference, temperature.recorded, f"{temperature.value:.1f}"))
-    v6 = [f for f in findings if f.concept in _V6_CONCEPTS]
-    if facts.age is not None and facts.age >= thresholds.fracture_risk_age:
-        v6.append(Finding("advanced_age", "Patient", None, str(facts.age)))
-    v5 = [f for f in findings if f.concept == "prior_lumbar_surgery"]
-    return {4: tuple(v4), 7: tuple(v7), 6: tuple(v6), 5: tuple(v5)}
+    def counts(finding: Finding) -> bool:
+        role = rules.role(finding.concept)
+        if role is None:
+            return False
+        if role.requires_indication and not has_back_pain:
+            return False
+        return not role.requires_any or any(other in concepts for other in role.requires_any)
+
+    by_variant: dict[int, tuple[Finding, ...]] = {}
+    for variant in RED_FLAG_VARIANTS:
+        triggers = rules.variant_concepts[variant]
+        found = [f for f in findings if f.concept in triggers and counts(f)]
+        if variant == 6 and evidence.age is not None and evidence.age >= thresholds.fracture_risk_age:
+            found.append(Finding("advanced_age", "Patient", None, str(evidence.age)))
+        by_variant[variant] = tuple(found)
+    return by_variant
 
 
-def _fever_pending(facts: ClinicalFacts, order: DraftOrder) -> bool:
-    """Recent infection on record but temperatures unknown: fever (hence variant 7) stays possible."""
-    concepts = {f.concept for f in facts.red_flags} | order.reason_concepts
-    return "recent_infection" in concepts and "Observation" in facts.unknown_types
+def _measurement_pending(evidence: Evidence, order: DraftOrder, rules: ClinicalRules, variant: int) -> bool:
+    """A flag that a measurement could complete (recent infection, so fever) while the measurements are unknown."""
+    if "Observation" not in evidence.unknown_types:
+        return False
+    concepts = {f.concept for f in evidence.red_flags} | order.reason_concepts
+    return any(
+        variant in role.variants and any(other in concepts for other in role.requires_any)
+        for role in rules.roles.values()
+        if role.requires_any
+    )
 
 
 def _baseline_variants(
-    facts: ClinicalFacts, therapy: TherapyAssessment, order: DraftOrder
+    evidence: Evidence, therapy: TherapyAssessment, order: DraftOrder, rules: ClinicalRules
 ) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Variant 3 or 1/2 (no red flag): failed conservative therapy, radicular symptoms or candidacy."""
     early = therapy.symptom_weeks is None or therapy.duration_met is False
     uncomplicated = 1 if early else 2
-    radicular = therapy.radicular or bool(order.reason_concepts & RADICULAR_CONCEPTS)
+    radicular = therapy.radicular or bool(order.reason_concepts & rules.radicular_concepts)
     if therapy.failed is False:
         return (uncomplicated,), ()
     unknown: list[str] = []
     if therapy.failed is None:
         unknown = [
-            t for t in ("Condition", *_MEDICATION_TYPES, "Procedure", "ServiceRequest") if t in facts.unknown_types
+            t for t in ("Condition", *MEDICATION_TYPES, "Procedure", "ServiceRequest") if t in evidence.unknown_types
         ]
         return (uncomplicated, 3), tuple(unknown)
     if radicular or therapy.candidate:
         return (3,), ()
-    # Failed therapy with axial pain only and no documented referral: candidacy decides (PRODUCT.md §3.3).
+    # Failed therapy with axial pain only and no documented referral: candidacy decides (ACR variant 2 or 3).
     if therapy.candidate is None:
-        unknown = [t for t in ("ServiceRequest", "Procedure") if t in facts.unknown_types]
+        unknown = [t for t in ("ServiceRequest", "Procedure") if t in evidence.unknown_types]
     return (2, 3), tuple(unknown)
 
 
 # ------------------------------------------------------------------------------------------------ orders
 def _decide_order(
     order: DraftOrder,
-    facts: ClinicalFacts,
+    evidence: Evidence,
     orders: tuple[DraftOrder, ...],
     therapy: TherapyAssessment,
-    thresholds: Thresholds,
+    rules: ClinicalRules,
     today: date,
-    acr_category: Callable[[str, int], AcrCategory | None],
 ) -> OrderDecision:
     if order.kind == "imaging" and order.procedure_key is not None:
-        return _decide_imaging(order, order.procedure_key, facts, therapy, thresholds, today, acr_category)
-    if order.kind in ("medication", "procedure", "referral"):
-        return _decide_therapy_order(order, facts, orders, therapy, thresholds, today)
+        return _decide_imaging(order, order.procedure_key, evidence, therapy, rules, today)
+    if _shows_back_pain_question(order, rules):
+        return _decide_therapy_order(order, evidence, orders, therapy, rules, today)
     # Non-lumbar imaging and unrelated orders: other criteria may apply; this service says nothing.
     return OrderDecision(order=order, rating=None, variants=None, concerns=())
+
+
+def _shows_back_pain_question(order: DraftOrder, rules: ClinicalRules) -> bool:
+    """An NSAID or systemic steroid course (not topical, not antiplatelet aspirin), an injection or a referral."""
+    if order.kind in ("procedure", "referral"):
+        return True
+    if order.kind != "medication" or not order.systemic or order.antiplatelet_aspirin:
+        return False
+    return rules.drug_class_roles.get(order.drug_class or "") in ("nsaid", "corticosteroid")
 
 
 def _decide_imaging(
     order: DraftOrder,
     key: str,
-    facts: ClinicalFacts,
+    evidence: Evidence,
     therapy: TherapyAssessment,
-    thresholds: Thresholds,
+    rules: ClinicalRules,
     today: date,
-    acr_category: Callable[[str, int], AcrCategory | None],
 ) -> OrderDecision:
-    has_indication = bool(facts.episode.findings) or bool(order.reason_concepts & INDICATION_CONCEPTS)
-    if not has_indication and facts.is_known("Condition"):
+    has_indication = bool(evidence.episode.findings) or bool(order.reason_concepts & rules.indication_concepts)
+    if not has_indication and evidence.is_known("Condition"):
         # Known record, no back pain, sciatica or radiculopathy anywhere: the LBP criteria do not apply.
         return OrderDecision(order, Rating("no-criteria-apply", None, ()), None, ())
-    variants = assess_variants(facts, therapy, order, thresholds)
-    rating = rate(key, variants.possible, acr_category)
-    contrast_concerns = _contrast_concerns(facts, thresholds, today)
-    selected_category = acr_category(key, variants.driving) if variants.driving is not None else None
+    variants = assess_variants(evidence, therapy, order, rules)
+    rating = rate(key, variants.possible, rules)
+    contrast_concerns = _contrast_concerns(evidence, rules, today)
+    selected_category = rules.acr_category(key, variants.driving) if variants.driving is not None else None
     concerns: list[Concern] = []
 
     variant_concern = _variant_concern(
-        order, key, variants, therapy, selected_category, (*contrast_concerns, *facts.pregnancy)
+        order, key, variants, therapy, selected_category, (*contrast_concerns, *evidence.pregnancy), rules
     )
     if variant_concern is not None:
         concerns.append(variant_concern)
-    duplicate = _duplicate_mri(order, key, facts, variants, thresholds, today)
+    duplicate = _duplicate_mri(order, key, evidence, variants, rules, today)
     if duplicate is not None:
         concerns.append(duplicate)
-    if key in MRI_KEYS and facts.implants:
+    if key in MRI_KEYS and evidence.implants:
         # MRI stays appropriate (it is only a safety question), so CT myelography is an option, not a recommendation.
-        ct_myelography = Proposal("ct_myelography", "update", "CT_MYELO_LSPINE")
-        concerns.append(Concern("mr_implant", order.reference, "warning", (ct_myelography,), facts.implants))
-    to_mri_without_contrast = (Proposal("convert", "update", MRI_WITHOUT_CONTRAST, recommended=True),)
+        ct_myelography = _proposal("ct_myelography", "update", variants, rules, "CT_MYELO_LSPINE")
+        concerns.append(Concern("mr_implant", order.reference, (ct_myelography,), evidence.implants))
+    to_mri_without_contrast = (_proposal("convert", "update", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True),)
     if key in CONTRAST_MRI_KEYS and contrast_concerns:
-        concerns.append(
-            Concern("contrast_safety", order.reference, "warning", to_mri_without_contrast, contrast_concerns)
-        )
-    if key in PREGNANCY_CONCERN_KEYS and facts.pregnancy:
-        concerns.append(Concern("pregnancy", order.reference, "warning", to_mri_without_contrast, facts.pregnancy))
+        concerns.append(Concern("contrast_safety", order.reference, to_mri_without_contrast, contrast_concerns))
+    if key in PREGNANCY_CONCERN_KEYS and evidence.pregnancy:
+        concerns.append(Concern("pregnancy", order.reference, to_mri_without_contrast, evidence.pregnancy))
     missing = list(variants.unknown_sources)
-    if key in MRI_KEYS and "Device" in facts.unknown_types:
+    if key in MRI_KEYS and "Device" in evidence.unknown_types:
         missing.append("Device")
     if key in CONTRAST_KEYS:
-        missing.extend(t for t in ("Observation", "AllergyIntolerance") if t in facts.unknown_types)
+        missing.extend(t for t in ("Observation", "AllergyIntolerance") if t in evidence.unknown_types)
     if missing:
-        concerns.append(Concern("data_missing", order.reference, "info", missing_types=tuple(dict.fromkeys(missing))))
+        concerns.append(Concern("data_missing", order.reference, missing_types=tuple(dict.fromkeys(missing))))
     # "No recent eGFR found" only when the labs were obtained; otherwise the missing-data card says so.
     no_recent_egfr = (
-        key in CONTRAST_KEYS and facts.is_known("Observation") and _recent_egfr(facts, thresholds, today) is None
+        key in CONTRAST_KEYS and evidence.is_known("Observation") and _recent_egfr(evidence, rules, today) is None
     )
-    return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr)
+    return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr, selected_category)
 
 
-def rate(key: str, possible: tuple[int, ...], acr_category: Callable[[str, int], AcrCategory | None]) -> Rating | None:
-    """A rating only when every possible variant gives the same one (PRODUCT.md §3.4)."""
+def rate(key: str, possible: tuple[int, ...], rules: ClinicalRules) -> Rating | None:
+    """A rating only when every possible variant gives the same one (docs/clinical-rules.md, "Ratings")."""
     if not possible:
         return None
-    found = [acr_category(key, variant) for variant in possible]
+    found = [rules.acr_category(key, variant) for variant in possible]
     categories = [category for category in found if category is not None]
     if len(categories) != len(found):
         return None  # a procedure the ACR table does not rate (e.g. MRI with contrast unspecified)
@@ -466,6 +451,22 @@ def rate(key: str, possible: tuple[int, ...], acr_category: Callable[[str, int],
     return Rating(codes.pop(), category, possible)
 
 
+def _proposal(
+    purpose: str,
+    action: ActionKind,
+    variants: VariantAssessment | None,
+    rules: ClinicalRules,
+    procedure_key: str | None = None,
+    priority: Priority = "routine",
+    recommended: bool = False,
+) -> Proposal:
+    """A suggestion, with the rating its procedure gets from the same facts (for the order it writes)."""
+    rating = None
+    if procedure_key is not None and action != "delete" and variants is not None:
+        rating = rate(procedure_key, variants.possible, rules)
+    return Proposal(purpose, action, procedure_key, priority, recommended, rating)
+
+
 def _variant_concern(
     order: DraftOrder,
     key: str,
@@ -473,22 +474,24 @@ def _variant_concern(
     therapy: TherapyAssessment,
     selected_category: AcrCategory | None,
     unsafe: tuple[Finding, ...],
+    rules: ClinicalRules,
 ) -> Concern | None:
     """The card of the driving variant (red flag, failed therapy, candidacy or conservative care)."""
     driving = variants.driving
     # A finding can support several variants (long-term steroids: 7 and 6); cite each resource once.
     cited: dict[str, Finding] = {}
-    for variant in RED_FLAG_PRECEDENCE:
+    for variant in RED_FLAG_VARIANTS:
         for finding in variants.flags.get(variant, ()):
             cited.setdefault(finding.reference if finding.reference != order.reference else finding.concept, finding)
     all_flags = tuple(cited.values())
     if driving == 4:
         if selected_category == "UA":
             # Keep the usually appropriate order, made urgent; a card never asks to replace it.
-            urgent = () if order.priority == "stat" else (Proposal("keep_urgent", "update", key, "stat", True),)
+            keep = _proposal("keep_urgent", "update", variants, rules, key, "stat", True)
+            urgent: tuple[Proposal, ...] = () if order.priority == "stat" else (keep,)
         else:
-            urgent = (Proposal("convert_urgent", "update", MRI_WITHOUT_CONTRAST, "stat", True),)
-        return Concern("cauda_equina", order.reference, "critical", urgent, all_flags)
+            urgent = (_proposal("convert_urgent", "update", variants, rules, MRI_WITHOUT_CONTRAST, "stat", True),)
+        return Concern("cauda_equina", order.reference, urgent, all_flags)
     if driving is not None and driving in _VARIANT_CONCERN:
         kind: ConcernKind = _VARIANT_CONCERN[driving]
         contrast_unsafe = bool(unsafe)
@@ -504,37 +507,37 @@ def _variant_concern(
                 alternatives = [a for a in alternatives if a not in CONTRAST_KEYS]
             alternatives = [a for a in alternatives if a != key]
             proposals = tuple(
-                Proposal(SUGGESTION_OF_PROCEDURE[alt], "update", alt, recommended=index == 0)
+                _proposal(SUGGESTION_OF_PROCEDURE[alt], "update", variants, rules, alt, recommended=index == 0)
                 for index, alt in enumerate(alternatives)
             )
-        return Concern(kind, order.reference, _VARIANT_INDICATOR[driving], proposals, all_flags, safety=unsafe)
+        return Concern(kind, order.reference, proposals, all_flags, safety=unsafe)
     if variants.possible == (3,):
         if key == MRI_WITHOUT_CONTRAST or selected_category == "UA":
             return None  # already the usually appropriate order: rating only, no card
-        convert = Proposal("convert", "update", MRI_WITHOUT_CONTRAST, recommended=True)
-        return Concern("failed_therapy_convert", order.reference, "info", (convert,))
+        convert = _proposal("convert", "update", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True)
+        return Concern("failed_therapy_convert", order.reference, (convert,))
     if variants.possible == (2, 3):
-        return Concern("confirm_candidacy", order.reference, "info")
+        return Concern("confirm_candidacy", order.reference)
     if variants.possible in ((1,), (2,)):
         under_threshold = therapy.symptom_weeks is not None and therapy.duration_met is False
         kind_: ConcernKind = "conservative_care_first" if under_threshold else "no_documented_therapy"
         remove = Proposal("remove", "delete", recommended=True)
-        return Concern(kind_, order.reference, "warning", (remove,))
+        return Concern(kind_, order.reference, (remove,))
     return None
 
 
 def _duplicate_mri(
     order: DraftOrder,
     key: str,
-    facts: ClinicalFacts,
+    evidence: Evidence,
     variants: VariantAssessment,
-    thresholds: Thresholds,
+    rules: ClinicalRules,
     today: date,
 ) -> Concern | None:
     """A lumbar MRI in the look-back and no red flag since: the new MRI is a duplicate."""
     if key not in MRI_KEYS:
         return None
-    recent = _recent_mri(facts, thresholds, today)
+    recent = _recent_mri(evidence, rules, today)
     if recent is None:
         return None
     since = recent.performed or today
@@ -542,16 +545,16 @@ def _duplicate_mri(
     # An undated red flag may be new: do not call the order a duplicate then.
     if any(f.recorded is None or f.recorded > since for f in flags):
         return None
-    evidence = Finding("prior_lumbar_mri", recent.reference, recent.performed, recent.procedure_key)
+    evidence_line = Finding("prior_lumbar_mri", recent.reference, recent.performed, recent.procedure_key)
     remove = Proposal("remove", "delete", recommended=True)
-    return Concern("duplicate_mri", order.reference, "warning", (remove,), (evidence,))
+    return Concern("duplicate_mri", order.reference, (remove,), (evidence_line,))
 
 
-def _recent_mri(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> PriorImaging | None:
-    window = timedelta(days=thresholds.prior_mri_lookback_months * _DAYS_PER_MONTH)
+def _recent_mri(evidence: Evidence, rules: ClinicalRules, today: date) -> PriorImaging | None:
+    window = timedelta(days=rules.thresholds.prior_mri_lookback_months * _DAYS_PER_MONTH)
     recent = [
         p
-        for p in facts.prior_imaging
+        for p in evidence.prior_imaging
         if p.procedure_key in MRI_KEYS and p.performed is not None and today - p.performed <= window
     ]
     if not recent:
@@ -561,51 +564,48 @@ def _recent_mri(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> Pr
 
 def _decide_therapy_order(
     order: DraftOrder,
-    facts: ClinicalFacts,
+    evidence: Evidence,
     orders: tuple[DraftOrder, ...],
     therapy: TherapyAssessment,
-    thresholds: Thresholds,
+    rules: ClinicalRules,
     today: date,
 ) -> OrderDecision:
     """NSAID/steroid courses, injections and referrals: a card only for cauda equina and the V3 "create MRI" row."""
-    if not facts.episode.findings and not (order.reason_concepts & INDICATION_CONCEPTS):
+    if not evidence.episode.findings and not (order.reason_concepts & rules.indication_concepts):
         return OrderDecision(order, None, None, ())  # not the back-pain question
-    variants = assess_variants(facts, therapy, order, thresholds)
+    variants = assess_variants(evidence, therapy, order, rules)
     mri_drafted = any(o.procedure_key in MRI_KEYS for o in orders)
     if variants.driving == 4:
-        create_urgent = Proposal("create_urgent", "create", MRI_WITHOUT_CONTRAST, "stat", True)
+        create_urgent = _proposal("create_urgent", "create", variants, rules, MRI_WITHOUT_CONTRAST, "stat", True)
         proposals = () if mri_drafted else (create_urgent,)
-        concern = Concern("cauda_equina", order.reference, "critical", proposals, variants.flags.get(4, ()))
+        concern = Concern("cauda_equina", order.reference, proposals, variants.flags.get(4, ()))
         return OrderDecision(order, None, variants, (concern,))
     if (
         variants.possible == (3,)
         and not mri_drafted
-        and facts.any_known(*_IMAGING_TYPES)
-        and _recent_mri(facts, thresholds, today) is None
+        and evidence.any_known(*_IMAGING_TYPES)
+        and _recent_mri(evidence, rules, today) is None
     ):
-        create = Proposal("create", "create", MRI_WITHOUT_CONTRAST, recommended=True)
-        return OrderDecision(
-            order, None, variants, (Concern("failed_therapy_create", order.reference, "info", (create,)),)
-        )
+        create = _proposal("create", "create", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True)
+        return OrderDecision(order, None, variants, (Concern("failed_therapy_create", order.reference, (create,)),))
     return OrderDecision(order, None, variants, ())
 
 
 # ------------------------------------------------------------------------------------------------ safety
-def _recent_egfr(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> float | None:
-    egfr = facts.egfr
+def _recent_egfr(evidence: Evidence, rules: ClinicalRules, today: date) -> float | None:
+    egfr = evidence.egfr
     if egfr is None or egfr.recorded is None:
         return None
-    if (today - egfr.recorded).days > thresholds.current_finding_lookback_days:
+    if (today - egfr.recorded).days > rules.thresholds.current_finding_lookback_days:
         return None
     return egfr.value
 
 
-def _contrast_concerns(facts: ClinicalFacts, thresholds: Thresholds, today: date) -> tuple[Finding, ...]:
+def _contrast_concerns(evidence: Evidence, rules: ClinicalRules, today: date) -> tuple[Finding, ...]:
     """Gadolinium concerns on record: low recent eGFR, kidney failure or dialysis, gadolinium allergy."""
     concerns: list[Finding] = []
-    egfr = _recent_egfr(facts, thresholds, today)
-    if egfr is not None and egfr < thresholds.egfr_contrast_limit and facts.egfr is not None:
-        concerns.append(Finding("egfr", facts.egfr.reference, facts.egfr.recorded, f"{egfr:g}"))
-    concerns.extend(facts.kidney)
-    concerns.extend(facts.gadolinium_allergy)
+    egfr = _recent_egfr(evidence, rules, today)
+    if egfr is not None and egfr < rules.thresholds.egfr_contrast_limit and evidence.egfr is not None:
+        concerns.append(Finding("egfr", evidence.egfr.reference, evidence.egfr.recorded, f"{egfr:g}"))
+    concerns.extend(evidence.contrast_concerns)
     return tuple(concerns)

@@ -1,11 +1,13 @@
-"""FHIR-free facts: what the decision core knows about the patient and the draft orders.
+"""Neutral, FHIR-free facts: what the record says, before any clinical judgement.
 
-Everything here is a frozen dataclass built by :mod:`cds_service.clinical.record_reader` (the only module
-that reads FHIR) and consumed by :mod:`cds_service.clinical.decision` (which never sees FHIR).
+The record reader (:mod:`cds_service.clinical.record_reader`) builds these from FHIR JSON: recognised
+concepts with their codes, dates and statuses, medication exposures with their doses, routes and dates,
+measurements with their values and interpretations. It judges nothing: look-backs, what a status means,
+whether a course is a trial, whether a test is positive are decided by :mod:`cds_service.clinical.evidence`
+and :mod:`cds_service.clinical.decision`, which never see FHIR.
 
-"Unknown is not false" (PRODUCT.md §3.1): every fact family carries the resource types it was
-extracted from in :attr:`ClinicalFacts.unknown_types` when those types could not be obtained, so that the
-decision core can keep a variant *possible* instead of treating missing data as absence.
+"Unknown is not false": :attr:`ClinicalFacts.unknown_types` lists the resource types that could not be
+obtained, so that the decision can keep a variant *possible* instead of treating missing data as absence.
 """
 
 from __future__ import annotations
@@ -15,10 +17,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
-DrugClass = Literal["nsaid", "systemic_corticosteroid"]
-# How a medication exposure counts (PRODUCT.md §3.2): a trial (NSAID, or steroid burst/prolonged course)
-# is conservative therapy; long-term steroid use is a red flag and never a trial.
-CourseKind = Literal["trial", "burst", "prolonged", "long_term"]
 OrderKind = Literal["imaging", "medication", "procedure", "referral", "other"]
 
 
@@ -33,72 +31,68 @@ class CodeRef:
 
 @dataclass(frozen=True)
 class Finding:
-    """One recognised concept on the record, with where it came from and when."""
+    """One recognised concept on the record (or in a draft order's reason), with where it came from and when."""
 
-    concept: str  # a Knowledge concept key, e.g. "malignancy"
+    concept: str  # a concept key of the knowledge base, e.g. "malignancy"
     reference: str  # "Condition/123"
-    recorded: date | None  # onset, effective or recorded date (None when the record gives none)
-    label: str  # human-readable name from the resource (coding display or text), for the card detail
+    recorded: date | None  # onset (any of its forms), performed, effective or recorded date; None when none is given
+    label: str  # the record's own words (coding display or text), for the card detail
     codes: tuple[CodeRef, ...] = ()
+    clinical_status: str | None = None  # Condition / AllergyIntolerance clinicalStatus code, as recorded
+    verification: str | None = None  # Condition / AllergyIntolerance verificationStatus code, as recorded
+    status: str | None = None  # the resource's own status (Procedure, ServiceRequest, Device, medication), as recorded
+    ended: date | None = None  # abatement date of a condition
+    by_text: bool = False  # recognised from words only (lower confidence)
+
+    @property
+    def resource_type(self) -> str:
+        return self.reference.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
-class SymptomEpisode:
-    """The back-pain episode: earliest onset of any back pain, sciatica, radiculopathy, disc or stenosis condition."""
-
-    onset: date | None
-    weeks: float | None  # at ``now``; None when no onset date is known
-    findings: tuple[Finding, ...]
-    radicular: bool  # sciatica, radiculopathy, disc disorder with radiculopathy or stenosis on record
-    active: bool  # at least one of the conditions is still active (not only resolved)
-
-
-@dataclass(frozen=True)
-class MedicationCourse:
-    """One NSAID or systemic corticosteroid exposure (a MedicationStatement or MedicationRequest)."""
+class MedicationExposure:
+    """One medication statement or request of a drug class the knowledge base knows, as recorded."""
 
     reference: str
-    drug_class: DrugClass
+    status: str | None
+    drug_class: str | None  # a drug class of the knowledge base; None for a drug excluded on purpose
     ingredient: str
+    label: str  # the record's own words for the drug (coding display or text), else the ingredient
+    systemic: bool  # route, dose form and text name no topical, ophthalmic, inhaled ... form
+    antiplatelet_aspirin: bool  # low-dose aspirin (by strength, product or words)
+    excluded_reason: str | None  # why the knowledge base excludes it from therapy ("mineralocorticoid"), if it does
     dose_text: str | None
     start: date | None
-    end: date | None
-    weeks: float | None  # None when neither the period nor the supply duration gives a length
-    kind: CourseKind
-    long_term_coded: bool = False  # the record itself calls it long-term use
-
-
-# Why a recognised NSAID or corticosteroid is not a conservative-therapy trial (PRODUCT.md §3.2): a key of the card
-# terms' "not_counted" words. "non_systemic" and "antiplatelet_aspirin" come from the drug's form and dose; the
-# knowledge base adds its own exclusions ("mineralocorticoid").
-NotCountedReason = str
+    end: date | None  # explicit, or start plus a stated duration or supply
+    open_period: bool = False  # a statement whose effective period has a start and no end
+    daily_dose_mg: float | None = None  # mg a day of the ingredient, when the dosage states it
+    as_needed: bool = False
 
 
 @dataclass(frozen=True)
-class UncountedMedication:
-    """An NSAID or corticosteroid on record that is not a trial (topical form, low-dose aspirin): the card says why."""
+class Measurement:
+    """One observation of a measured concept (temperature, eGFR, pregnancy test), as recorded."""
 
+    concept: str
     reference: str
-    label: str  # the record's own words for the drug (coding display or text), else the ingredient
-    start: date | None
-    reason: NotCountedReason
+    recorded: date | None
+    status: str | None
+    value: float | None  # temperatures in degrees Celsius (converted from Fahrenheit by the reader)
+    unit: str | None
+    value_codes: tuple[str, ...] = ()  # codes of valueCodeableConcept, as recorded
+    value_text: str | None = None  # valueString, or the text of valueCodeableConcept
+    interpretation: tuple[str, ...] = ()  # interpretation codes, as recorded
+    label: str = ""
 
 
 @dataclass(frozen=True)
 class PriorImaging:
-    """A lumbar imaging study already done or ordered (ServiceRequest, DiagnosticReport, ImagingStudy)."""
+    """A lumbar imaging study done or ordered before (ServiceRequest, DiagnosticReport, ImagingStudy)."""
 
     reference: str
     procedure_key: str
     performed: date | None
-
-
-@dataclass(frozen=True)
-class LabResult:
-    reference: str
-    value: float
-    recorded: date | None
-    unit: str | None = None
+    status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,52 +105,44 @@ class DraftOrder:
     selected: bool  # order-select: in ``selections``; order-sign: every draft is selected
     procedure_key: str | None = None  # lumbar imaging key (MR_LSPINE_WO ...) for imaging orders
     non_lumbar_imaging: bool = False  # an imaging order outside the lumbar spine: no rating, no card
-    drug_class: DrugClass | None = None
+    drug_class: str | None = None  # medication orders: the drug class recognised
+    systemic: bool = True  # medication orders: no topical form named
+    antiplatelet_aspirin: bool = False
     concepts: frozenset[str] = frozenset()  # concepts of the order's own code (ESI, referral ...)
-    reason_concepts: frozenset[str] = frozenset()  # concepts of its reasonCode
-    reasons: tuple[Finding, ...] = ()  # the same, one Finding per concept with the reason's own label
+    reasons: tuple[Finding, ...] = ()  # the concepts of its reasonCode, one Finding each with the reason's own label
     authored: date | None = None
     priority: str | None = None  # routine | urgent | asap | stat, as ordered
     # The raw JSON resource: opaque to the core; cards copy it into update actions (CDS Hooks updates carry the whole
     # resource).
     raw: Mapping[str, Any] | None = field(default=None, compare=False)
 
+    @property
+    def reason_concepts(self) -> frozenset[str]:
+        return frozenset(reason.concept for reason in self.reasons)
+
 
 @dataclass(frozen=True)
 class ClinicalFacts:
-    """Everything the decision core needs about the patient, FHIR-free."""
+    """What the record says, FHIR-free and judgement-free."""
 
     age: int | None
     sex: str | None
-    episode: SymptomEpisode
-    courses: tuple[MedicationCourse, ...]
-    physical_therapy: tuple[Finding, ...]  # PT procedures or referrals
-    intervention_referrals: tuple[Finding, ...]  # ESI, spine-surgery or pain referrals on record
-    red_flags: tuple[Finding, ...]  # every red-flag concept found (cauda equina ... weight loss)
+    birth_date: date | None
+    findings: tuple[Finding, ...]
+    medications: tuple[MedicationExposure, ...]
+    measurements: tuple[Measurement, ...]
     prior_imaging: tuple[PriorImaging, ...]
-    implants: tuple[Finding, ...]
-    kidney: tuple[Finding, ...]  # kidney failure or dialysis conditions
-    egfr: LabResult | None  # the latest eGFR (any date; the core applies the look-back)
-    max_temperature: LabResult | None  # the highest temperature within the look-back
-    pregnancy: tuple[Finding, ...]
-    gadolinium_allergy: tuple[Finding, ...]
     unknown_types: frozenset[str]  # resource types that could not be obtained (unknown, not absent)
     unavailable_reasons: tuple[tuple[str, str], ...] = ()  # (resourceType, why) for the missing-data card
-    # Medications found but not counted as conservative therapy (topical, low-dose aspirin), for the card detail.
-    uncounted_medications: tuple[UncountedMedication, ...] = ()
 
     def is_known(self, *resource_types: str) -> bool:
         """True when every one of the given resource types was obtained (possibly empty)."""
         return not any(t in self.unknown_types for t in resource_types)
 
-    def any_known(self, *resource_types: str) -> bool:
-        """True when at least one of the given resource types was obtained."""
-        return any(t not in self.unknown_types for t in resource_types)
-
 
 @dataclass(frozen=True)
 class Extraction:
-    """What the FHIR boundary hands to the engine: facts, draft orders and data-quality notes."""
+    """What the record reader hands to the engine: facts, draft orders and data-quality notes."""
 
     facts: ClinicalFacts
     orders: tuple[DraftOrder, ...]

@@ -1,4 +1,9 @@
-"""The FHIR boundary: a PatientRecord and the draftOrders Bundle in, FHIR-free facts out.
+"""The FHIR boundary: a PatientRecord and the draftOrders Bundle in, neutral FHIR-free facts out.
+
+It only reads: codes, dates, doses, routes, statuses, observation values and interpretations. It judges
+nothing (no look-backs, no "is this a trial", no "is this test positive"): that is the decision's work
+(:mod:`cds_service.clinical.evidence`). What it looks for, and in which resource types, comes from the
+knowledge base's role table.
 
 This is the only module of the engine that uses ``fhir.resources`` (with its helper
 :mod:`cds_service.clinical.fast_validation`, which reads the models' rules). Resources are handled in two
@@ -48,21 +53,16 @@ from pydantic import ValidationError
 from cds_service.clinical.facts import (
     ClinicalFacts,
     CodeRef,
-    CourseKind,
     DraftOrder,
-    DrugClass,
     Extraction,
     Finding,
-    LabResult,
-    MedicationCourse,
-    NotCountedReason,
+    Measurement,
+    MedicationExposure,
     OrderKind,
     PriorImaging,
-    SymptomEpisode,
-    UncountedMedication,
 )
 from cds_service.clinical.fast_validation import QuickAcceptor
-from cds_service.knowledge import Knowledge, MedicationInfo, Thresholds
+from cds_service.knowledge import Knowledge, MedicationInfo
 from cds_service.knowledge.systems import CPT, ICD10CM, SNOMED
 from cds_service.record import PatientRecord
 
@@ -87,6 +87,8 @@ _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {
             "subject",
             "onsetDateTime",
             "onsetPeriod",
+            "onsetAge",
+            "onsetString",
             "abatementDateTime",
             "abatementPeriod",
             "recordedDate",
@@ -201,49 +203,6 @@ _R4_DRAFT_MODELS: Mapping[str, Any] = {"ServiceRequest": ServiceRequest, "Medica
 # Every resource type the engine reads; the missing-data card names the ones that could not be obtained.
 RECORD_TYPES: tuple[str, ...] = tuple(_MODELS)
 
-# Concepts that define the back-pain episode (PRODUCT.md §3.2) and the radicular subset (§3.3, variant 3).
-EPISODE_CONCEPTS = frozenset(
-    {"low_back_pain", "sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis"}
-)
-RADICULAR_CONCEPTS = frozenset({"sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis"})
-RED_FLAG_CONCEPTS = frozenset(
-    {
-        "cauda_equina_syndrome",
-        "urinary_retention",
-        "fecal_incontinence",
-        "saddle_anesthesia",
-        "malignancy",
-        "spinal_infection",
-        "fever",
-        "recent_infection",
-        "iv_drug_use",
-        "hiv",
-        "transplant",
-        "immunosuppression",
-        "long_term_steroids",
-        "weight_loss",
-        "osteoporosis",
-        "vertebral_fracture",
-        "low_velocity_trauma",
-        "prior_lumbar_surgery",
-    }
-)
-# History red flags count whatever their clinical status and age (PRODUCT.md §3.1).
-HISTORY_CONCEPTS = frozenset({"malignancy", "prior_lumbar_surgery"})
-# Current findings only count within the look-back window.
-CURRENT_FINDING_CONCEPTS = frozenset({"fever", "recent_infection", "low_velocity_trauma"})
-SAFETY_CONCEPTS = frozenset({"mr_implant", "kidney_failure", "dialysis", "pregnancy", "gadolinium_allergy"})
-THERAPY_CONCEPTS = frozenset({"physical_therapy", "epidural_steroid_injection", "spine_intervention_referral"})
-CONDITION_CONCEPTS = EPISODE_CONCEPTS | RED_FLAG_CONCEPTS | SAFETY_CONCEPTS
-OBSERVATION_CONCEPTS = frozenset({"body_temperature", "egfr", "pregnancy_test"})
-
-_ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
-_RESOLVED_CLINICAL = frozenset({"resolved", "inactive", "remission"})
-_EXCLUDED_VERIFICATION = frozenset({"entered-in-error", "refuted"})
-_EXCLUDED_EVENT_STATUS = frozenset({"entered-in-error", "not-done", "cancelled"})
-_PRIOR_ORDER_STATUS = frozenset({"active", "completed"})
-_POSITIVE_CODES = frozenset({"10828004", "pos", "positive", "detected", "260373001"})
-_NEGATIVE_WORDS = ("neg", "not detected", "absent")
 _DAYS_PER_UNIT = {
     "d": 1.0,
     "day": 1.0,
@@ -256,8 +215,10 @@ _DAYS_PER_UNIT = {
     "months": 30.44,
     "a": 365.25,
     "year": 365.25,
+    "years": 365.25,
     "h": 1 / 24,
 }
+_FAHRENHEIT_UNITS = frozenset({"[degF]", "degF", "°F", "F"})
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _RADIOLOGY_CPT = re.compile(r"^7\d{4}$")  # CPT radiology section 70010-79999: imaging, lumbar or not
 
@@ -330,6 +291,11 @@ def _status_code(concept: Any) -> str | None:
     return None
 
 
+def _plain_status(resource: Mapping[str, Any]) -> str | None:
+    status = resource.get("status")
+    return status if isinstance(status, str) else None
+
+
 def _reference(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id', '?')}"
 
@@ -348,7 +314,7 @@ def _period(value: Any) -> tuple[date | None, date | None]:
 
 
 def _duration_days(value: Any) -> float | None:
-    """Days of a FHIR Duration ({value, unit|code})."""
+    """Days of a FHIR Duration or Age ({value, unit|code})."""
     if not isinstance(value, dict) or not isinstance(value.get("value"), int | float):
         return None
     unit = str(value.get("code") or value.get("unit") or "d").lower()
@@ -356,35 +322,18 @@ def _duration_days(value: Any) -> float | None:
     return float(value["value"]) * per_unit if per_unit is not None else None
 
 
-def _weeks_between(start: date | None, end: date | None) -> float | None:
-    if start is None or end is None or end < start:
-        return None
-    return (end - start).days / 7.0
-
-
 @dataclass
 class _Collector:
     """Mutable accumulator used while one record is read (never shared between requests)."""
 
-    episode: list[tuple[Finding, bool]] = field(default_factory=list)
-    red_flags: list[Finding] = field(default_factory=list)
-    implants: list[Finding] = field(default_factory=list)
-    kidney: list[Finding] = field(default_factory=list)
-    pregnancy: list[Finding] = field(default_factory=list)
-    allergy: list[Finding] = field(default_factory=list)
-    physical_therapy: list[Finding] = field(default_factory=list)
-    referrals: list[Finding] = field(default_factory=list)
-    courses: list[tuple[str, DrugClass, MedicationInfo, str | None, date | None, date | None, float | None]] = field(
-        default_factory=list
-    )
+    findings: list[Finding] = field(default_factory=list)
+    medications: list[MedicationExposure] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
     prior_imaging: list[PriorImaging] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    uncounted: list[UncountedMedication] = field(default_factory=list)
-    temperatures: list[LabResult] = field(default_factory=list)
-    egfrs: list[LabResult] = field(default_factory=list)
-    long_term_steroid_coded: bool = False
     age: int | None = None
     sex: str | None = None
+    birth_date: date | None = None
 
 
 @lru_cache(maxsize=1)
@@ -435,14 +384,31 @@ class ValidationMemo:
         return len(self._verdicts)
 
 
-class RecordReader:
-    """Reads records and draft orders into facts. Build once per engine; :meth:`read` is re-entrant."""
+_Reader = Callable[[Mapping[str, Any], _Collector, frozenset[str]], None]
 
-    def __init__(self, knowledge: Knowledge, thresholds: Thresholds, memo: ValidationMemo | None = None) -> None:
+
+class RecordReader:
+    """Reads records and draft orders into neutral facts. Build once per engine; :meth:`read` is re-entrant.
+
+    What it looks for comes from the knowledge base's role table: a concept is looked for in the resource
+    types its row lists (``found_in``). ``measurement_window_days``: observations of measured concepts older
+    than this are not read at all (the rules only use recent ones, and a long chart's vital signs would
+    otherwise cost a validation each); the rules still apply their own look-back.
+    """
+
+    def __init__(
+        self, knowledge: Knowledge, *, measurement_window_days: int, memo: ValidationMemo | None = None
+    ) -> None:
         self._knowledge = knowledge
-        self._thresholds = thresholds
+        self._measurement_window_days = measurement_window_days
         self._memo = memo if memo is not None else ValidationMemo()
-        self._readers: Mapping[str, Callable[[Mapping[str, Any], _Collector, date, frozenset[str]], None]] = {
+        self._found_in = {resource_type: knowledge.concepts_found_in(resource_type) for resource_type in _MODELS}
+        self._medication_types = frozenset({"MedicationStatement", "MedicationRequest"})
+        self._order_concepts = frozenset(
+            key for key, role in knowledge.roles.items() if role.role in ("therapy", "candidacy")
+        )
+        self._order_kind_of = {key: role.order_kind for key, role in knowledge.roles.items() if role.order_kind}
+        self._readers: Mapping[str, _Reader] = {
             "Condition": self._read_condition,
             "MedicationStatement": self._read_medication,
             "MedicationRequest": self._read_medication,
@@ -463,7 +429,7 @@ class RecordReader:
         selections: tuple[str, ...] | None,
         now: datetime,
     ) -> Extraction:
-        """Extract facts from ``record`` and recognise every draft order (``selections`` None: all are selected)."""
+        """Facts of ``record`` and every draft order recognised (``selections`` None: all are selected)."""
         today = now.date()
         orders, order_skips = self.read_draft_orders(draft_orders, selections)
         draft_refs = frozenset(order.reference for order in orders)
@@ -472,19 +438,32 @@ class RecordReader:
         for patient in record.of_type("Patient")[:1]:
             if isinstance(patient, dict) and self._validate(patient, collector):
                 self._read_patient(patient, collector, today)
+        window_start = today - timedelta(days=self._measurement_window_days)
         for resource_type, reader in self._readers.items():
             for resource in record.of_type(resource_type):
                 if not isinstance(resource, dict):
                     collector.skipped.append(f"{resource_type} skipped: not a JSON object")
                     continue
+                if resource_type == "Observation" and _dated_before(resource, window_start):
+                    continue
                 try:
-                    reader(resource, collector, today, draft_refs)
+                    reader(resource, collector, draft_refs)
                 except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
                     # The pre-filter reads raw JSON before validation; a shape it did not expect (a list where an
                     # object belongs ...) skips that one resource, never the request.
                     collector.skipped.append(f"{_reference(resource)} skipped: unreadable ({type(error).__name__})")
         unknown = frozenset(t for t in RECORD_TYPES if not record.is_known(t))
-        facts = self._facts(collector, today, unknown, record)
+        facts = ClinicalFacts(
+            age=collector.age,
+            sex=collector.sex,
+            birth_date=collector.birth_date,
+            findings=tuple(collector.findings),
+            medications=tuple(collector.medications),
+            measurements=tuple(collector.measurements),
+            prior_imaging=tuple(collector.prior_imaging),
+            unknown_types=unknown,
+            unavailable_reasons=tuple(sorted((t, r) for t, r in record.unavailable.items() if t in RECORD_TYPES)),
+        )
         return Extraction(facts=facts, orders=orders, skipped=tuple(collector.skipped))
 
     def read_draft_orders(
@@ -521,14 +500,14 @@ class RecordReader:
         )
         if resource_type in ("MedicationRequest", "MedicationOrder", "MedicationStatement"):
             info = self._medication_info(resource.get("medicationCodeableConcept"))
-            drug_class = info.drug_class if info is not None and _counts_as_therapy(info) else None
-            kind: OrderKind = "medication" if drug_class else "other"
             return DraftOrder(
                 reference,
                 resource_type,
-                kind,
+                "medication" if info is not None else "other",
                 selected,
-                drug_class=_as_drug_class(drug_class),
+                drug_class=info.drug_class if info is not None else None,
+                systemic=info.systemic if info is not None else True,
+                antiplatelet_aspirin=info.antiplatelet_aspirin if info is not None else False,
                 authored=authored,
                 raw=resource,
             )
@@ -549,15 +528,17 @@ class RecordReader:
                 reasons.setdefault(
                     concept, Finding(concept, reference, authored, _label(reason) or concept, _code_refs(reason))
                 )
-        reason_concepts = frozenset(reasons)
+        order_concepts = concepts & self._order_concepts
+        kind: OrderKind = "other"
         if procedure_key is not None:
             kind = "imaging"
-        elif "epidural_steroid_injection" in concepts:
-            kind = "procedure"
-        elif "spine_intervention_referral" in concepts:
-            kind = "referral"
         else:
-            kind = "other"
+            # "procedure" (an injection) before "referral" when a code names both.
+            kinds = {self._order_kind_of[c] for c in order_concepts if c in self._order_kind_of}
+            if "procedure" in kinds:
+                kind = "procedure"
+            elif "referral" in kinds:
+                kind = "referral"
         non_lumbar = procedure_key is None and any(
             system == CPT and code_ and _RADIOLOGY_CPT.match(code_) for system, code_ in codings
         )
@@ -568,8 +549,7 @@ class RecordReader:
             selected,
             procedure_key=procedure_key,
             non_lumbar_imaging=bool(non_lumbar),
-            concepts=concepts & THERAPY_CONCEPTS,
-            reason_concepts=reason_concepts,
+            concepts=order_concepts,
             reasons=tuple(reasons.values()),
             authored=authored,
             priority=resource.get("priority") if isinstance(resource.get("priority"), str) else None,
@@ -587,249 +567,185 @@ class RecordReader:
         collector.skipped.append(f"{name} skipped: {reason}")
         return False
 
+    def _concepts(self, concept: Any, resource_type: str, *, text_only_if_uncoded: bool = False) -> frozenset[str]:
+        """Concepts looked for in ``resource_type`` that a CodeableConcept names by code or, less surely, by words."""
+        wanted = self._found_in[resource_type]
+        coded = self._knowledge.concepts_of_codings(_codings(concept)) & wanted
+        if coded and text_only_if_uncoded:
+            return coded
+        return coded | (self._knowledge.concepts_of_text(_label(concept)) & wanted)
+
     def _read_patient(self, patient: Mapping[str, Any], collector: _Collector, today: date) -> None:
         birth = parse_date(patient.get("birthDate"))
+        collector.birth_date = birth
         if birth is not None:
             collector.age = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
         gender = patient.get("gender")
         collector.sex = gender if isinstance(gender, str) else None
 
-    def _read_condition(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
+    def _read_condition(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
-        concepts = self._knowledge.concepts_of_codings(_codings(code)) & CONDITION_CONCEPTS
-        if not concepts:
-            # Text is weaker evidence than a code: only used when no coding was recognised.
-            concepts = self._knowledge.concepts_of_text(_label(code)) & CONDITION_CONCEPTS
-        if not concepts:
+        # Text is weaker evidence than a code: only used when no coding was recognised.
+        concepts = self._concepts(code, "Condition", text_only_if_uncoded=True)
+        if not concepts or not self._validate(resource, collector):
             return
-        if _status_code(resource.get("verificationStatus")) in _EXCLUDED_VERIFICATION:
-            return
-        if not self._validate(resource, collector):
-            return
-        clinical = _status_code(resource.get("clinicalStatus"))
-        onset_start, _ = _period(resource.get("onsetPeriod"))
-        recorded = _first(
-            parse_date(resource.get("onsetDateTime")), onset_start, parse_date(resource.get("recordedDate"))
+        coded = bool(self._knowledge.concepts_of_codings(_codings(code)) & concepts)
+        onset = _first(
+            parse_date(resource.get("onsetDateTime")),
+            _period(resource.get("onsetPeriod"))[0],
+            self._date_at_age(resource.get("onsetAge"), collector.birth_date),
+            parse_date(resource.get("onsetString")),
+            parse_date(resource.get("recordedDate")),
         )
-        abatement_end = _first(
-            parse_date(resource.get("abatementDateTime")), _period(resource.get("abatementPeriod"))[1]
-        )
-        active = clinical is None or clinical in _ACTIVE_CLINICAL
-        recently_resolved = (
-            clinical in _RESOLVED_CLINICAL
-            and abatement_end is not None
-            and (today - abatement_end).days <= self._thresholds.current_finding_lookback_days
-        )
+        ended = _first(parse_date(resource.get("abatementDateTime")), _period(resource.get("abatementPeriod"))[1])
         label = _label(code) or ""  # no words on record: the card names the concept
         codes = _code_refs(code)
         reference = _reference(resource)
+        clinical = _status_code(resource.get("clinicalStatus"))
+        verification = _status_code(resource.get("verificationStatus"))
         for concept in sorted(concepts):
-            finding = Finding(concept, reference, recorded, label, codes)
-            if concept in HISTORY_CONCEPTS:
-                collector.red_flags.append(finding)
-                continue
-            if not (active or recently_resolved):
-                continue
-            if concept in CURRENT_FINDING_CONCEPTS and not self._within_lookback(recorded, today):
-                continue
-            if concept in EPISODE_CONCEPTS:
-                collector.episode.append((finding, active))
-            elif concept in RED_FLAG_CONCEPTS:
-                collector.red_flags.append(finding)
-                if concept == "long_term_steroids":
-                    collector.long_term_steroid_coded = True
-            elif concept == "mr_implant":
-                collector.implants.append(finding)
-            elif concept in ("kidney_failure", "dialysis"):
-                collector.kidney.append(finding)
-            elif concept == "pregnancy":
-                collector.pregnancy.append(finding)
-            elif concept == "gadolinium_allergy":
-                collector.allergy.append(finding)
+            collector.findings.append(
+                Finding(concept, reference, onset, label, codes, clinical, verification, None, ended, not coded)
+            )
 
-    def _read_medication(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
-        if resource.get("status") == "entered-in-error":
-            return
-        if _reference(resource) in _drafts:
+    @staticmethod
+    def _date_at_age(age: Any, birth: date | None) -> date | None:
+        days = _duration_days(age)
+        if days is None or birth is None:
+            return None
+        try:
+            return birth + timedelta(days=days)
+        except OverflowError:
+            return None
+
+    def _read_medication(self, resource: Mapping[str, Any], collector: _Collector, drafts: frozenset[str]) -> None:
+        if _reference(resource) in drafts:
             return  # the order being placed is not history
         medication = resource.get("medicationCodeableConcept")
         if medication is None:
             medication = _contained_medication_code(resource)
+        codings = _codings(medication)
         info = self._medication_info(medication)
-        flag_concepts = self._knowledge.concepts_of_codings(_codings(medication)) & {
-            "immunosuppression",
-            "long_term_steroids",
-        }
-        excluded = (
-            self._knowledge.medication_not_counted(_codings(medication), _label(medication)) if info is None else None
-        )
-        if info is None and excluded is None and not flag_concepts:
+        flags = self._knowledge.concepts_of_codings(codings) & self._found_in[str(resource.get("resourceType"))]
+        excluded = self._knowledge.medication_not_counted(codings, _label(medication)) if info is None else None
+        if info is None and excluded is None and not flags:
             return
         if not self._validate(resource, collector):
             return
         reference = _reference(resource)
-        start, end = self._course_dates(resource, today)
+        status = _plain_status(resource)
+        start, end, open_period = _course_dates(resource)
         label = _label(medication) or (info.ingredient if info else "")
-        for concept in sorted(flag_concepts):
-            collector.red_flags.append(Finding(concept, reference, start, label, ()))
-        if info is None:
-            if excluded is not None and label:
-                collector.uncounted.append(UncountedMedication(reference, label, start, excluded))
+        for concept in sorted(flags):
+            collector.findings.append(Finding(concept, reference, start, label, (), status=status))
+        if info is None and excluded is None:
             return
-        reason = _not_counted_reason(info)
-        if reason is not None:
-            # Found but not a trial: the card names it, so that the clinician sees why it did not count.
-            collector.uncounted.append(UncountedMedication(reference, label, start, reason))
-            return
-        dose = _dose_text(resource) or info.strength
-        drug_class = _as_drug_class(info.drug_class)
-        if drug_class is None:
-            return
-        collector.courses.append((reference, drug_class, info, dose, start, end, _weeks_between(start, end)))
-
-    def _course_dates(self, resource: Mapping[str, Any], today: date) -> tuple[date | None, date | None]:
-        """Start and end of a medication exposure; an active statement with no end runs until today."""
-        if resource.get("resourceType") == "MedicationStatement":
-            start, end = _period(resource.get("effectivePeriod"))
-            start = _first(
-                start, parse_date(resource.get("effectiveDateTime")), parse_date(resource.get("dateAsserted"))
+        collector.medications.append(
+            MedicationExposure(
+                reference=reference,
+                status=status,
+                drug_class=info.drug_class if info is not None else None,
+                ingredient=info.ingredient if info is not None else label,
+                label=label,
+                systemic=info.systemic if info is not None else True,
+                antiplatelet_aspirin=info.antiplatelet_aspirin if info is not None else False,
+                excluded_reason=excluded,
+                dose_text=_dose_text(resource) or (info.strength if info is not None else None),
+                start=start,
+                end=end,
+                open_period=open_period,
             )
-            if end is None and start is not None and resource.get("status") in ("active", "intended", None):
-                end = today if resource.get("effectivePeriod") else None
-            return start, end
-        start = parse_date(resource.get("authoredOn"))
-        dispense = _mapping(resource.get("dispenseRequest"))
-        validity_start, validity_end = _period(dispense.get("validityPeriod"))
-        for dosage in _as_list(resource.get("dosageInstruction")):
-            repeat = _mapping(_mapping(_mapping(dosage).get("timing")).get("repeat"))
-            bounds_start, bounds_end = _period(repeat.get("boundsPeriod"))
-            if bounds_start or bounds_end:
-                return _first(bounds_start, start), bounds_end
-            bounds_days = _duration_days(repeat.get("boundsDuration"))
-            if bounds_days is not None and start is not None:
-                return start, start + timedelta(days=bounds_days)
-        supply_days = _duration_days(dispense.get("expectedSupplyDuration"))
-        start = _first(start, validity_start)
-        if supply_days is not None and start is not None:
-            return start, start + timedelta(days=supply_days)
-        return start, validity_end
+        )
 
-    def _read_procedure(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
+    def _read_procedure(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
-        concepts = (
-            self._knowledge.concepts_of_codings(_codings(code)) | self._knowledge.concepts_of_text(_label(code))
-        ) & (THERAPY_CONCEPTS | RED_FLAG_CONCEPTS)
-        if not concepts or resource.get("status") in _EXCLUDED_EVENT_STATUS:
-            return
-        if not self._validate(resource, collector):
+        concepts = self._concepts(code, "Procedure")
+        if not concepts or not self._validate(resource, collector):
             return
         performed = _first(parse_date(resource.get("performedDateTime")), _period(resource.get("performedPeriod"))[0])
-        finding_date = performed or parse_date(resource.get("recorded"))
-        self._therapy_or_flag(concepts, resource, code, finding_date, collector, today)
+        self._add_findings(concepts, resource, code, performed, collector)
 
-    def _therapy_or_flag(
+    def _add_findings(
         self,
         concepts: frozenset[str],
         resource: Mapping[str, Any],
         code: Any,
         when: date | None,
         collector: _Collector,
-        today: date,
     ) -> None:
-        reference, label = _reference(resource), _label(code) or ""
+        reference, label, status = _reference(resource), _label(code) or "", _plain_status(resource)
         for concept in sorted(concepts):
-            finding = Finding(concept, reference, when, str(label), ())
-            if concept == "physical_therapy":
-                collector.physical_therapy.append(finding)
-            elif concept in ("epidural_steroid_injection", "spine_intervention_referral"):
-                collector.referrals.append(finding)
-            elif concept in HISTORY_CONCEPTS or concept not in CURRENT_FINDING_CONCEPTS:
-                collector.red_flags.append(finding)
-            elif self._within_lookback(when, today):
-                collector.red_flags.append(finding)
+            collector.findings.append(Finding(concept, reference, when, str(label), (), status=status))
 
-    def _read_observation(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
-        concepts = self._knowledge.concepts_of_codings(_codings(resource.get("code"))) & OBSERVATION_CONCEPTS
-        if not concepts or resource.get("status") in _EXCLUDED_EVENT_STATUS:
+    def _read_observation(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
+        code = resource.get("code")
+        concepts = self._knowledge.concepts_of_codings(_codings(code)) & self._found_in["Observation"]
+        if not concepts or not self._validate(resource, collector):
             return
-        when = _first(
-            parse_date(resource.get("effectiveDateTime")),
-            _period(resource.get("effectivePeriod"))[0],
-            parse_date(resource.get("issued")),
-        )
-        if "egfr" not in concepts and not self._within_lookback(when, today):
-            # A temperature or pregnancy test outside the look-back is never used: a long chart's vital
-            # signs would otherwise cost a validation each (the large-record budget).
-            return
-        if not self._validate(resource, collector):
-            return
-        reference = _reference(resource)
+        when = _observation_date(resource)
         quantity = _mapping(resource.get("valueQuantity"))
         value = quantity.get("value")
         unit = quantity.get("code") or quantity.get("unit")
-        if "body_temperature" in concepts and isinstance(value, int | float):
-            celsius = (float(value) - 32.0) * 5.0 / 9.0 if str(unit) in ("[degF]", "degF", "°F", "F") else float(value)
-            if self._within_lookback(when, today):
-                collector.temperatures.append(LabResult(reference, round(celsius, 1), when, "Cel"))
-        if "egfr" in concepts and isinstance(value, int | float):
-            collector.egfrs.append(LabResult(reference, float(value), when, str(unit) if unit else None))
-        if "pregnancy_test" in concepts and _is_positive(resource) and self._within_lookback(when, today):
-            collector.pregnancy.append(Finding("pregnancy", reference, when, _label(resource.get("code")) or "", ()))
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is not None and str(unit) in _FAHRENHEIT_UNITS:
+            number, unit = round((number - 32.0) * 5.0 / 9.0, 1), "Cel"
+        value_concept = resource.get("valueCodeableConcept")
+        value_text = _first(_label(value_concept), resource.get("valueString"))
+        interpretation = tuple(
+            code_
+            for item in _as_list(resource.get("interpretation"))
+            for _system, code_ in _codings(item)
+            if isinstance(code_, str)
+        )
+        for concept in sorted(concepts):
+            collector.measurements.append(
+                Measurement(
+                    concept=concept,
+                    reference=_reference(resource),
+                    recorded=when,
+                    status=_plain_status(resource),
+                    value=number,
+                    unit=str(unit) if unit else None,
+                    value_codes=tuple(c for _s, c in _codings(value_concept) if isinstance(c, str)),
+                    value_text=value_text if isinstance(value_text, str) else None,
+                    interpretation=interpretation,
+                    label=_label(code) or "",
+                )
+            )
 
-    def _read_allergy(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
+    def _read_allergy(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
-        concepts = self._knowledge.concepts_of_codings(_codings(code)) | self._knowledge.concepts_of_text(_label(code))
-        if "gadolinium_allergy" not in concepts:
-            return
-        if _status_code(resource.get("verificationStatus")) in _EXCLUDED_VERIFICATION:
-            return
-        if _status_code(resource.get("clinicalStatus")) in _RESOLVED_CLINICAL:
-            return
-        if not self._validate(resource, collector):
+        concepts = self._concepts(code, "AllergyIntolerance")
+        if not concepts or not self._validate(resource, collector):
             return
         when = _first(parse_date(resource.get("onsetDateTime")), parse_date(resource.get("recordedDate")))
-        collector.allergy.append(Finding("gadolinium_allergy", _reference(resource), when, _label(code) or "", ()))
+        reference, label = _reference(resource), _label(code) or ""
+        clinical = _status_code(resource.get("clinicalStatus"))
+        verification = _status_code(resource.get("verificationStatus"))
+        for concept in sorted(concepts):
+            collector.findings.append(Finding(concept, reference, when, label, (), clinical, verification))
 
-    def _read_device(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
+    def _read_device(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         type_ = resource.get("type")
         names = [n.get("name") for n in _as_list(resource.get("deviceName")) if isinstance(n, dict)]
-        concepts = self._knowledge.concepts_of_codings(_codings(type_)) | self._knowledge.concepts_of_text(
-            _label(type_)
-        )
+        concepts = self._concepts(type_, "Device")
         for name in names:
-            concepts |= self._knowledge.concepts_of_text(name if isinstance(name, str) else None)
-        if "mr_implant" not in concepts or resource.get("status") in ("entered-in-error", "inactive"):
-            return
-        if not self._validate(resource, collector):
+            if isinstance(name, str):
+                concepts |= self._knowledge.concepts_of_text(name) & self._found_in["Device"]
+        if not concepts or not self._validate(resource, collector):
             return
         label = _label(type_) or next((n for n in names if isinstance(n, str)), None) or ""
-        collector.implants.append(Finding("mr_implant", _reference(resource), None, label, ()))
+        reference, status = _reference(resource), _plain_status(resource)
+        for concept in sorted(concepts):
+            collector.findings.append(Finding(concept, reference, None, label, (), status=status))
 
-    def _read_service_request(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, drafts: frozenset[str]
-    ) -> None:
-        if _reference(resource) in drafts or resource.get("status") in ("entered-in-error", "draft", "revoked"):
+    def _read_service_request(self, resource: Mapping[str, Any], collector: _Collector, drafts: frozenset[str]) -> None:
+        if _reference(resource) in drafts:
             return  # draft orders are the question being asked, not history
         code = resource.get("code")
-        codings = _codings(code)
-        procedure_key = self._procedure_key(codings)
-        concepts = (self._knowledge.concepts_of_codings(codings) | self._knowledge.concepts_of_text(_label(code))) & (
-            THERAPY_CONCEPTS | RED_FLAG_CONCEPTS
-        )
-        is_prior_imaging = procedure_key is not None and resource.get("status") in _PRIOR_ORDER_STATUS
-        if not is_prior_imaging and not concepts:
+        procedure_key = self._procedure_key(_codings(code))
+        concepts = self._concepts(code, "ServiceRequest")
+        if procedure_key is None and not concepts:
             return
         if not self._validate(resource, collector):
             return
@@ -838,32 +754,24 @@ class RecordReader:
             _period(resource.get("occurrencePeriod"))[0],
             parse_date(resource.get("authoredOn")),
         )
-        if is_prior_imaging and procedure_key is not None:
-            collector.prior_imaging.append(PriorImaging(_reference(resource), procedure_key, when))
+        if procedure_key is not None:
+            collector.prior_imaging.append(
+                PriorImaging(_reference(resource), procedure_key, when, _plain_status(resource))
+            )
         if concepts:
-            self._therapy_or_flag(concepts, resource, code, when, collector, today)
+            self._add_findings(concepts, resource, code, when, collector)
 
-    def _read_imaging_report(
-        self, resource: Mapping[str, Any], collector: _Collector, today: date, _drafts: frozenset[str]
-    ) -> None:
-        if resource.get("status") in ("entered-in-error", "cancelled"):
-            return
+    def _read_imaging_report(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         if resource.get("resourceType") == "ImagingStudy":
             codings = [pair for concept in _as_list(resource.get("procedureCode")) for pair in _codings(concept)]
             when = parse_date(resource.get("started"))
         else:
             codings = _codings(resource.get("code"))
-            when = _first(
-                parse_date(resource.get("effectiveDateTime")),
-                _period(resource.get("effectivePeriod"))[0],
-                parse_date(resource.get("issued")),
-            )
+            when = _observation_date(resource)
         procedure_key = self._procedure_key(codings)
-        if procedure_key is None:
+        if procedure_key is None or not self._validate(resource, collector):
             return
-        if not self._validate(resource, collector):
-            return
-        collector.prior_imaging.append(PriorImaging(_reference(resource), procedure_key, when))
+        collector.prior_imaging.append(PriorImaging(_reference(resource), procedure_key, when, _plain_status(resource)))
 
     # ------------------------------------------------------------------------------------------ helpers
     def _procedure_key(self, codings: Iterable[tuple[str | None, str | None]]) -> str | None:
@@ -880,70 +788,49 @@ class RecordReader:
                 return info
         return self._knowledge.medication_from_text(_label(concept)) if concept is not None else None
 
-    def _within_lookback(self, when: date | None, today: date) -> bool:
-        # An undated current finding still counts: dropping it would hide a possible red flag.
-        return when is None or (today - when).days <= self._thresholds.current_finding_lookback_days
 
-    def _facts(self, c: _Collector, today: date, unknown: frozenset[str], record: PatientRecord) -> ClinicalFacts:
-        episode_findings = tuple(f for f, _active in c.episode)
-        onsets = [f.recorded for f in episode_findings if f.recorded is not None]
-        onset = min(onsets) if onsets else None
-        episode = SymptomEpisode(
-            onset=onset,
-            weeks=(today - onset).days / 7.0 if onset is not None else None,
-            findings=episode_findings,
-            radicular=any(f.concept in RADICULAR_CONCEPTS for f in episode_findings),
-            active=any(active for _f, active in c.episode),
-        )
-        courses = tuple(self._course(item, c.long_term_steroid_coded) for item in c.courses)
-        egfr = max(c.egfrs, key=lambda r: r.recorded or date.min) if c.egfrs else None
-        temperature = max(c.temperatures, key=lambda r: r.value) if c.temperatures else None
-        return ClinicalFacts(
-            age=c.age,
-            sex=c.sex,
-            episode=episode,
-            courses=courses,
-            physical_therapy=tuple(c.physical_therapy),
-            intervention_referrals=tuple(c.referrals),
-            red_flags=tuple(c.red_flags),
-            prior_imaging=tuple(c.prior_imaging),
-            implants=tuple(c.implants),
-            kidney=tuple(c.kidney),
-            egfr=egfr,
-            max_temperature=temperature,
-            pregnancy=tuple(c.pregnancy),
-            gadolinium_allergy=tuple(c.allergy),
-            unknown_types=unknown,
-            unavailable_reasons=tuple(sorted((t, r) for t, r in record.unavailable.items() if t in RECORD_TYPES)),
-            uncounted_medications=tuple(c.uncounted),
-        )
+def _observation_date(resource: Mapping[str, Any]) -> date | None:
+    when: date | None = _first(
+        parse_date(resource.get("effectiveDateTime")),
+        _period(resource.get("effectivePeriod"))[0],
+        parse_date(resource.get("issued")),
+    )
+    return when
 
-    def _course(
-        self,
-        item: tuple[str, DrugClass, MedicationInfo, str | None, date | None, date | None, float | None],
-        long_term_coded: bool,
-    ) -> MedicationCourse:
-        reference, drug_class, info, dose, start, end, weeks = item
-        kind: CourseKind = "trial"
-        if drug_class == "systemic_corticosteroid":
-            long_term_days = self._thresholds.long_term_steroid_months * 30.44
-            if long_term_coded or (weeks is not None and weeks * 7 >= long_term_days):
-                kind = "long_term"
-            elif weeks is not None and weeks > self._thresholds.steroid_burst_weeks:
-                kind = "prolonged"
-            else:
-                kind = "burst"
-        return MedicationCourse(
-            reference,
-            drug_class,
-            info.ingredient,
-            dose,
-            start,
-            end,
-            weeks,
-            kind,
-            long_term_coded and drug_class == "systemic_corticosteroid",
-        )
+
+def _dated_before(observation: Mapping[str, Any], window_start: date) -> bool:
+    """True for an observation whose date is known and older than the measurement window (undated ones are read)."""
+    when = _observation_date(observation)
+    return when is not None and when < window_start
+
+
+def _course_dates(resource: Mapping[str, Any]) -> tuple[date | None, date | None, bool]:
+    """Start and end of a medication exposure as recorded, and whether it is an open period (no end stated).
+
+    A request's end is its start plus a stated duration or supply (timing bounds, expected supply
+    duration), else the end of the dispense validity.
+    """
+    if resource.get("resourceType") == "MedicationStatement":
+        period = resource.get("effectivePeriod")
+        start, end = _period(period)
+        start = _first(start, parse_date(resource.get("effectiveDateTime")), parse_date(resource.get("dateAsserted")))
+        return start, end, isinstance(period, dict) and end is None and start is not None
+    start = parse_date(resource.get("authoredOn"))
+    dispense = _mapping(resource.get("dispenseRequest"))
+    validity_start, validity_end = _period(dispense.get("validityPeriod"))
+    for dosage in _as_list(resource.get("dosageInstruction")):
+        repeat = _mapping(_mapping(_mapping(dosage).get("timing")).get("repeat"))
+        bounds_start, bounds_end = _period(repeat.get("boundsPeriod"))
+        if bounds_start or bounds_end:
+            return _first(bounds_start, start), bounds_end, False
+        bounds_days = _duration_days(repeat.get("boundsDuration"))
+        if bounds_days is not None and start is not None:
+            return start, start + timedelta(days=bounds_days), False
+    supply_days = _duration_days(dispense.get("expectedSupplyDuration"))
+    start = _first(start, validity_start)
+    if supply_days is not None and start is not None:
+        return start, start + timedelta(days=supply_days), False
+    return start, validity_end, False
 
 
 def _validation_error(model: Any, resource: Mapping[str, Any]) -> str | None:
@@ -972,28 +859,6 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
-def _as_drug_class(value: str | None) -> DrugClass | None:
-    if value == "nsaid":
-        return "nsaid"
-    if value == "systemic_corticosteroid":
-        return "systemic_corticosteroid"
-    return None
-
-
-def _counts_as_therapy(info: MedicationInfo) -> bool:
-    """Topical forms and low-dose antiplatelet aspirin are not a systemic NSAID/steroid trial (clinical.md §2.2)."""
-    return info.systemic and not info.antiplatelet_aspirin and info.drug_class in ("nsaid", "systemic_corticosteroid")
-
-
-def _not_counted_reason(info: MedicationInfo) -> NotCountedReason | None:
-    """Why a recognised drug is not a systemic NSAID/steroid trial (clinical.md §2.2); None when it counts."""
-    if info.antiplatelet_aspirin:
-        return "antiplatelet_aspirin"
-    if not info.systemic:
-        return "non_systemic"
-    return None
-
-
 def _dose_text(resource: Mapping[str, Any]) -> str | None:
     for dosage in _as_list(resource.get("dosage")) + _as_list(resource.get("dosageInstruction")):
         if isinstance(dosage, dict) and isinstance(dosage.get("text"), str) and dosage["text"].strip():
@@ -1011,19 +876,3 @@ def _contained_medication_code(resource: Mapping[str, Any]) -> Any:
     if isinstance(reference, dict) and isinstance(reference.get("display"), str):
         return {"text": reference["display"]}
     return None
-
-
-def _is_positive(observation: Mapping[str, Any]) -> bool:
-    value = observation.get("valueCodeableConcept")
-    for _system, code in _codings(value):
-        if code and code.lower() in _POSITIVE_CODES:
-            return True
-    text = _first(_label(value), observation.get("valueString"))
-    if isinstance(text, str):
-        lowered = text.lower()
-        return "pos" in lowered and not any(word in lowered for word in _NEGATIVE_WORDS)
-    for interpretation in _as_list(observation.get("interpretation")):
-        for _system, code in _codings(interpretation):
-            if code in ("POS", "A", "H"):
-                return True
-    return False

@@ -8,14 +8,12 @@ a dict lookup on ``(canonical_system, normalised_code)``; nothing is built per r
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from cds_service.errors import ConfigurationError
 from cds_service.knowledge.systems import coding_key
 
 if TYPE_CHECKING:
@@ -25,16 +23,6 @@ AcrCategory = Literal["UA", "MBA", "UNA"]
 
 KNOWLEDGE_VERSION: Final = "2026.11.0"
 VALUESET_BASE_URL: Final = "http://lumbar-imaging-cds.example.org/fhir/ValueSet/"
-
-CONCEPT_KEYS: Final[tuple[str, ...]] = (
-    "low_back_pain", "sciatica", "lumbar_radiculopathy", "lumbar_disc_disorder", "lumbar_stenosis",
-    "cauda_equina_syndrome", "urinary_retention", "fecal_incontinence", "saddle_anesthesia",
-    "malignancy", "spinal_infection", "fever", "recent_infection", "iv_drug_use", "hiv", "transplant",
-    "immunosuppression", "long_term_steroids", "weight_loss", "osteoporosis", "vertebral_fracture",
-    "low_velocity_trauma", "prior_lumbar_surgery", "physical_therapy", "epidural_steroid_injection",
-    "spine_intervention_referral", "mr_implant", "kidney_failure", "dialysis", "pregnancy",
-    "gadolinium_allergy", "body_temperature", "egfr", "pregnancy_test",
-)  # fmt: skip
 
 PROCEDURE_KEYS: Final[tuple[str, ...]] = (
     "MR_LSPINE_WO", "MR_LSPINE_W", "MR_LSPINE_WWO", "MR_LSPINE",
@@ -66,7 +54,7 @@ def _remember(memo: dict[Any, Any], key: Any, value: object) -> None:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Clinical thresholds (PRODUCT.md §3.2); defaults here, overridable per service in ``hooks/*.json``."""
+    """Clinical thresholds (docs/clinical-rules.md, "Thresholds"); overridable per service in ``hooks/*.json``."""
 
     symptom_weeks: int = 6  # failed conservative therapy needs at least this many weeks of symptoms
     nsaid_trial_weeks: int = 2  # an adequate NSAID trial lasts at least this long (or 2+ separate orders)
@@ -79,33 +67,16 @@ class Thresholds:
     fever_celsius: float = 38.0
     egfr_contrast_limit: float = 30.0  # eGFR below this is a gadolinium safety concern
 
-    @classmethod
-    def from_overrides(cls, overrides: Mapping[str, Any] | None, *, where: str = "thresholds") -> Thresholds:
-        """Defaults with ``overrides`` applied (the ``_config.thresholds`` object of a hook definition).
+    def with_overrides(self, overrides: Mapping[str, int | float]) -> Thresholds:
+        """These thresholds with a service's ``_config.thresholds`` applied.
 
-        Every key must name a field; integer fields take integers, the two temperature/eGFR fields
-        take numbers; all values must be positive. Raises :class:`ConfigurationError` naming the
-        bad key (prefixed with ``where``, e.g. ``"hooks/x.json: _config.thresholds"``).
+        The overrides were checked against ``cds_service/schemas/service-config.schema.json`` when the
+        service definitions were loaded (known names, whole numbers where a field is whole, sensible ranges):
+        that schema is the one threshold validator.
         """
-        if overrides is None:
-            return cls()
-        if not isinstance(overrides, Mapping):
-            raise ConfigurationError(f"{where}: expected an object of threshold names to values")
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        values: dict[str, int | float] = {}
-        for key, value in overrides.items():
-            field = fields.get(key)
-            if field is None:
-                raise ConfigurationError(f"{where}.{key}: unknown threshold (known: {', '.join(sorted(fields))})")
-            # bool is an int subclass, and "true weeks" is always a mistake.
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigurationError(f"{where}.{key}: expected a number, got {type(value).__name__}")
-            if isinstance(field.default, int) and not isinstance(value, int):
-                raise ConfigurationError(f"{where}.{key}: expected a whole number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigurationError(f"{where}.{key}: expected a positive number, got {value!r}")
-            values[key] = value
-        return cls(**values)  # type: ignore[arg-type]  # types checked above, field by field
+        if not overrides:
+            return self
+        return dataclasses.replace(self, **overrides)  # type: ignore[arg-type]  # names and types: the schema's
 
 
 @dataclass(frozen=True)
@@ -129,6 +100,43 @@ class ValueSetInfo:
     text_only: bool = False  # no verified code: only concepts_of_text can find this concept
 
 
+ConceptRoleName = Literal[
+    "episode", "red_flag", "context", "motor_deficit", "therapy", "candidacy", "safety", "measurement"
+]  # fmt: skip
+Timing = Literal["history", "active", "current"]
+
+
+@dataclass(frozen=True)
+class ConceptRole:
+    """What one concept is evidence of, where the record reader looks for it, and how time limits it.
+
+    One row of ``concepts.json`` (schema: ``schemas/concepts.schema.json``; meaning: docs/clinical-rules.md,
+    "Concept roles"). The record reader's pre-filter and the decision's concept sets are built from these rows only.
+    """
+
+    key: str
+    role: ConceptRoleName
+    found_in: frozenset[str]  # resource types the record reader looks for it in
+    timing: Timing
+    variants: tuple[int, ...] = ()  # red flags: the ACR variants it is a trigger of
+    radicular: bool = False  # episode: sciatica, radiculopathy, disc disorder, stenosis
+    indication: bool = False  # shows the low back pain question (the ACR criteria apply)
+    requires_indication: bool = False  # counts only together with back pain or sciatica (cauda equina signs)
+    requires_any: tuple[str, ...] = ()  # counts only together with one of these concepts (fever)
+    concern: str | None = None  # safety: the card kind it raises
+    measures: str | None = None  # measurement: temperature, egfr, pregnancy_test
+    order_kind: str | None = None  # candidacy: what a draft order of this concept is ("procedure", "referral")
+
+
+@dataclass(frozen=True)
+class DrugClassRole:
+    """What a drug class of ``medications.json`` is evidence of (a row of ``concepts.json`` ``drug_classes``)."""
+
+    key: str
+    role: Literal["nsaid", "corticosteroid", "red_flag"]
+    concept: str | None = None  # red_flag: the concept an exposure to the class is evidence of
+
+
 @dataclass(frozen=True)
 class ProcedureInfo:
     """One ACR procedure key: its label, modality and IV contrast (without, with, without_and_with, unspecified)."""
@@ -150,6 +158,8 @@ class KnowledgeTables:
 
     version: str
     concepts: Mapping[tuple[str, str], frozenset[str]]
+    roles: Mapping[str, ConceptRole]
+    drug_class_roles: Mapping[str, DrugClassRole]
     displays: Mapping[tuple[str, str], str]
     valuesets: Mapping[str, ValueSetInfo]
     keyword_pattern: re.Pattern[str] | None
@@ -188,10 +198,6 @@ class Knowledge:
         self._concepts_by_text: dict[str, frozenset[str]] = {}
         self._medication_by_coding: dict[tuple[object, object], MedicationInfo | None] = {}
         self._medication_by_text: dict[str, MedicationInfo | None] = {}
-
-    def with_thresholds(self, thresholds: Thresholds) -> Knowledge:
-        """The same knowledge with other thresholds (per-service overrides); shares every table."""
-        return Knowledge(self._tables, thresholds)
 
     # -- concepts ---------------------------------------------------------------------------
 
@@ -246,6 +252,27 @@ class Knowledge:
     def valueset(self, key: str) -> ValueSetInfo:
         """Canonical URL, version and title of the value set of a concept key (KeyError if unknown)."""
         return self._tables.valuesets[key]
+
+    # -- roles --------------------------------------------------------------------------------
+
+    @property
+    def concept_keys(self) -> tuple[str, ...]:
+        """Every concept key, in the order of ``concepts.json``."""
+        return tuple(self._tables.roles)
+
+    @property
+    def roles(self) -> Mapping[str, ConceptRole]:
+        """The role of every concept key (``concepts.json``)."""
+        return self._tables.roles
+
+    @property
+    def drug_class_roles(self) -> Mapping[str, DrugClassRole]:
+        """The role of every drug class of ``medications.json``."""
+        return self._tables.drug_class_roles
+
+    def concepts_found_in(self, resource_type: str) -> frozenset[str]:
+        """The concept keys the record reader looks for in resources of this type."""
+        return frozenset(key for key, role in self._tables.roles.items() if resource_type in role.found_in)
 
     # -- medications ------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE_VERSION`):
 
+``concepts.json``                 the role of every concept key and drug class (schema: ``schemas/``)
 ``valuesets/<concept key>.json``  FHIR R4 ValueSets; ICD-10-CM filters expanded here
 ``icd10cm_snapshot.json``         ICD-10-CM expansions and descriptions (generated: see ``icd10cm.py``)
 ``keywords.json``                 text keywords per concept (lower confidence)
@@ -20,6 +21,7 @@ import json
 import re
 import string
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, cast, get_args
@@ -28,11 +30,12 @@ from cds_service.errors import ConfigurationError
 from cds_service.knowledge import icd10cm
 from cds_service.knowledge.base import (
     ACR_VARIANTS,
-    CONCEPT_KEYS,
     KNOWLEDGE_VERSION,
     PROCEDURE_KEYS,
     VALUESET_BASE_URL,
     AcrCategory,
+    ConceptRole,
+    DrugClassRole,
     Knowledge,
     KnowledgeTables,
     MedicationInfo,
@@ -46,8 +49,7 @@ KNOWLEDGE_DIR: Final = Path(__file__).resolve().parent
 SOURCE_EXTENSION: Final = "http://lumbar-imaging-cds.example.org/fhir/StructureDefinition/source"
 SUMMARY_LIMIT: Final = 140  # CDS Hooks: summary "<140 characters"
 CARD_INDICATORS: Final = frozenset({"info", "warning", "critical"})
-DRUG_CLASSES: Final = frozenset({"nsaid", "systemic_corticosteroid"})
-# The cards the clinical engine renders (PRODUCT.md §3.5 and the extra situations of issue 3).
+# The cards the clinical engine renders (docs/clinical-rules.md, "Cards"); safety concerns of concepts.json add theirs.
 REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "cauda_equina", "cancer_infection", "cancer_infection_contrast_concern", "fracture_risk", "prior_surgery",
     "failed_therapy_convert", "failed_therapy_create", "confirm_candidacy", "conservative_care_first",
@@ -65,8 +67,6 @@ _TERM_PLACEHOLDERS: Final = frozenset(
     {"rating", "category", "label", "date", "onset", "duration", "age", "value", "procedure", "drug", "start",
      "end", "n", "reason", "limit", "therapy", "protocol"}
 )  # fmt: skip
-# Lab and measurement concepts: the cards print their values, never their names.
-_CONCEPTS_WITHOUT_NAMES: Final = frozenset({"body_temperature", "egfr", "pregnancy_test"})
 # A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
 _FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
 _STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? MG$")
@@ -103,15 +103,16 @@ def knowledge_problems(directory: Path | None = None) -> list[str]:
 
 
 def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
-    concepts, displays, valuesets = _load_valuesets(directory, problems)
-    keyword_pattern, keyword_concepts = _load_keywords(directory, problems, valuesets)
-    medications = _load_medications(directory, problems)
+    roles, drug_class_roles = _load_roles(directory, problems)
+    concepts, displays, valuesets = _load_valuesets(directory, problems, roles)
+    keyword_pattern, keyword_concepts = _load_keywords(directory, problems, valuesets, roles)
+    medications = _load_medications(directory, problems, frozenset(drug_class_roles))
     procedures, procedure_infos, mri_codings, mri_protocol, procedure_displays = _load_procedures(directory, problems)
     procedure_codings: dict[str, list[tuple[str, str, str]]] = {}
     for (system, code), key in procedures.items():
         procedure_codings.setdefault(key, []).append((system, code, procedure_displays[(system, code)]))
     acr, acr_inferred = _load_acr(directory, problems)
-    cards = _load_cards(directory, problems)
+    cards = _load_cards(directory, problems, roles)
     if medications is not None and cards is not None:
         words = (cards.get("terms") or {}).get("not_counted") or {}
         for reason in sorted(set(medications.not_counted_prefixes.values()) - set(words)):
@@ -121,6 +122,8 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
     return KnowledgeTables(
         version=KNOWLEDGE_VERSION,
         concepts=MappingProxyType({key: frozenset(keys) for key, keys in concepts.items()}),
+        roles=MappingProxyType(roles),
+        drug_class_roles=MappingProxyType(drug_class_roles),
         displays=MappingProxyType({**displays, **procedure_displays}),
         valuesets=MappingProxyType(valuesets),
         keyword_pattern=keyword_pattern,
@@ -162,11 +165,66 @@ def _source_of(element: Mapping[str, Any]) -> str | None:
     return None
 
 
+# -- concept roles ------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _roles_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((KNOWLEDGE_DIR / "schemas" / "concepts.schema.json").read_text(encoding="utf-8"))
+    return Draft202012Validator(schema)
+
+
+def _load_roles(directory: Path, problems: _Problems) -> tuple[dict[str, ConceptRole], dict[str, DrugClassRole]]:
+    """``concepts.json``: checked against its schema, then for references between its rows."""
+    file = "concepts.json"
+    data = _read_json(directory, file, problems)
+    if data is None:
+        return {}, {}
+    errors = sorted(_roles_validator().iter_errors(data), key=lambda error: list(error.absolute_path))
+    for error in errors:
+        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+        problems.add(file, f"{where}: {error.message}")
+    if errors:
+        return {}, {}
+    _check_version(file, data, problems)
+    roles = {
+        key: ConceptRole(
+            key=key,
+            role=row["role"],
+            found_in=frozenset(row["found_in"]),
+            timing=row["timing"],
+            variants=tuple(row.get("variants", ())),
+            radicular=bool(row.get("radicular", False)),
+            indication=bool(row.get("indication", False)),
+            requires_indication=bool(row.get("requires_indication", False)),
+            requires_any=tuple(row.get("requires_any", ())),
+            concern=row.get("concern"),
+            measures=row.get("measures"),
+            order_kind=row.get("order_kind"),
+        )
+        for key, row in data["concepts"].items()
+    }
+    for role in roles.values():
+        for other in role.requires_any:
+            if other not in roles:
+                problems.add(file, f"concept {role.key!r}: requires_any names unknown concept {other!r}")
+    drug_classes = {
+        key: DrugClassRole(key=key, role=row["role"], concept=row.get("concept"))
+        for key, row in data["drug_classes"].items()
+    }
+    for drug_class in drug_classes.values():
+        if drug_class.concept is not None and drug_class.concept not in roles:
+            problems.add(file, f"drug class {drug_class.key!r}: names unknown concept {drug_class.concept!r}")
+    return roles, drug_classes
+
+
 # -- value sets --------------------------------------------------------------------------------
 
 
 def _load_valuesets(
-    directory: Path, problems: _Problems
+    directory: Path, problems: _Problems, roles: Mapping[str, ConceptRole]
 ) -> tuple[dict[tuple[str, str], set[str]], dict[tuple[str, str], str], dict[str, ValueSetInfo]]:
     # Imported here: fhir.resources is heavy and only the loader needs the ValueSet model.
     from fhir.resources.R4B.valueset import ValueSet
@@ -179,10 +237,13 @@ def _load_valuesets(
         problems.add(icd10cm.SNAPSHOT_FILE, snapshot_problem)
     folder = directory / "valuesets"
     present = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
-    for extra in sorted(present - set(CONCEPT_KEYS)):
-        problems.add(f"valuesets/{extra}.json", "unknown concept key (add it to CONCEPT_KEYS in knowledge/base.py)")
-    for key in CONCEPT_KEYS:
+    for extra in sorted(present - set(roles)):
+        problems.add(f"valuesets/{extra}.json", f"concept {extra!r} has no role (add it to concepts.json)")
+    for key in roles:
         file = f"valuesets/{key}.json"
+        if key not in present:
+            problems.add("concepts.json", f"concept {key!r} has no value set ({file} is missing)")
+            continue
         data = _read_json(directory, file, problems)
         if data is None:
             continue
@@ -276,8 +337,7 @@ def _not_in_snapshot(problems: _Problems, file: str, what: str, maybe: str) -> N
     if icd10cm.snapshot_problem() is None:  # else reported once, for the snapshot file
         problems.add(
             file,
-            f"{what} is not in {icd10cm.SNAPSHOT_FILE} ({maybe}); "
-            f"regenerate it with `{icd10cm.REGENERATE}`",
+            f"{what} is not in {icd10cm.SNAPSHOT_FILE} ({maybe}); regenerate it with `{icd10cm.REGENERATE}`",
         )
 
 
@@ -296,7 +356,7 @@ def _icd_display_matches(file: str, where: str, code: str, display: str, problem
 
 
 def _load_keywords(
-    directory: Path, problems: _Problems, valuesets: Mapping[str, ValueSetInfo]
+    directory: Path, problems: _Problems, valuesets: Mapping[str, ValueSetInfo], roles: Mapping[str, ConceptRole]
 ) -> tuple[re.Pattern[str] | None, dict[str, frozenset[str]]]:
     file = "keywords.json"
     data = _read_json(directory, file, problems)
@@ -305,8 +365,8 @@ def _load_keywords(
     _check_version(file, data, problems)
     by_keyword: dict[str, set[str]] = {}
     for key, entry in (data.get("concepts") or {}).items():
-        if key not in CONCEPT_KEYS:
-            problems.add(file, f"unknown concept key {key!r}")
+        if key not in roles:
+            problems.add(file, f"unknown concept key {key!r} (not in concepts.json)")
             continue
         if not entry.get("source"):
             problems.add(file, f"{key}: does not cite its source")
@@ -326,7 +386,7 @@ def _load_keywords(
 # -- medications -------------------------------------------------------------------------------
 
 
-def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex | None:
+def _load_medications(directory: Path, problems: _Problems, drug_classes: frozenset[str]) -> MedicationIndex | None:
     file = "medications.json"
     data = _read_json(directory, file, problems)
     if not isinstance(data, dict):
@@ -348,7 +408,7 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
     names: dict[str, tuple[str, str]] = {}
     for entry in data.get("ingredients") or ():
         name, drug_class = entry.get("name", ""), entry.get("drug_class")
-        if drug_class not in DRUG_CLASSES:
+        if drug_class not in drug_classes:
             problems.add(file, f"ingredient {name!r}: unknown drug class {drug_class!r}")
             continue
         if name in classes:
@@ -386,7 +446,7 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
         register(ATC, item.get("code", ""), info, "antiplatelet_aspirin", item.get("source"))
     rules: list[AtcClassRule] = []
     for rule in data.get("atc_classes") or ():
-        if rule.get("drug_class") not in DRUG_CLASSES or not rule.get("prefix") or not rule.get("generic_name"):
+        if rule.get("drug_class") not in drug_classes or not rule.get("prefix") or not rule.get("generic_name"):
             problems.add(file, f"atc_classes: {rule.get('prefix')!r} needs a prefix, drug_class and generic_name")
             continue
         rules.append(AtcClassRule(rule["prefix"].upper(), rule["drug_class"], rule["generic_name"]))
@@ -406,7 +466,7 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             not_counted_names[normalised] = reason
     non_systemic = data.get("non_systemic_text") or {}
     for group in non_systemic:
-        if group not in DRUG_CLASSES | {"all", "source"}:
+        if group not in drug_classes | {"all", "source"}:
             problems.add(file, f"non_systemic_text: unknown group {group!r}")
     max_mg = aspirin_rules.get("max_strength_mg")
     if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
@@ -531,7 +591,7 @@ def _placeholders(template: str) -> set[str]:
     return {name for _text, name, _spec, _conversion in string.Formatter().parse(template) if name}
 
 
-def _load_cards(directory: Path, problems: _Problems) -> Mapping[str, Any] | None:
+def _load_cards(directory: Path, problems: _Problems, roles: Mapping[str, ConceptRole]) -> Mapping[str, Any] | None:
     file = "cards.json"
     data = _read_json(directory, file, problems)
     if not isinstance(data, dict):
@@ -549,12 +609,15 @@ def _load_cards(directory: Path, problems: _Problems) -> Mapping[str, Any] | Non
     cards = data.get("cards") or {}
     for missing in sorted(set(REQUIRED_CARDS) - set(cards)):
         problems.add(file, f"card {missing!r} is missing")
+    for role in roles.values():
+        if role.concern is not None and role.concern not in cards:
+            problems.add(file, f"card {role.concern!r} is missing (the safety concern of concept {role.key!r})")
     for name, card in cards.items():
         _check_card(file, name, card, summary_limits, detail_names, reasons, references, problems)
     for name, phrase in (data.get("phrases") or {}).items():
         _check_text(file, f"phrase {name!r}", phrase, detail_names, problems)
     _check_acr_category_coding(file, data.get("acr_category_coding"), problems)
-    _check_terms(file, data.get("terms"), problems)
+    _check_terms(file, data.get("terms"), problems, roles)
     return cast(Mapping[str, Any], _freeze(data))
 
 
@@ -575,7 +638,7 @@ def _check_acr_category_coding(file: str, coding: Any, problems: _Problems) -> N
         problems.add(file, f"acr_category_coding: unknown ACR category {category!r} (use UA, MBA, UNA)")
 
 
-def _check_terms(file: str, terms: Any, problems: _Problems) -> None:
+def _check_terms(file: str, terms: Any, problems: _Problems, roles: Mapping[str, ConceptRole]) -> None:
     """The renderer's words: every section present, every entry non-empty text with known placeholders only."""
     if not isinstance(terms, dict):
         problems.add(file, "terms section is missing")
@@ -594,7 +657,9 @@ def _check_terms(file: str, terms: Any, problems: _Problems) -> None:
         problems.add(file, f"terms 'procedures': procedure key {key!r} has no name")
     for category in sorted(set(get_args(AcrCategory)) - set(terms.get("categories") or {})):
         problems.add(file, f"terms 'categories': ACR category {category!r} has no words")
-    for concept in sorted(set(CONCEPT_KEYS) - set(terms.get("concepts") or {}) - _CONCEPTS_WITHOUT_NAMES):
+    # Measurements are printed as values ("eGFR 24 on ..."), never by name.
+    named = {key for key, role in roles.items() if role.role != "measurement"}
+    for concept in sorted(named - set(terms.get("concepts") or {})):
         problems.add(file, f"terms 'concepts': concept {concept!r} has no name")
 
 
