@@ -33,7 +33,7 @@ CONCEPT_KEYS: Final[tuple[str, ...]] = (
     "immunosuppression", "long_term_steroids", "weight_loss", "osteoporosis", "vertebral_fracture",
     "low_velocity_trauma", "prior_lumbar_surgery", "physical_therapy", "epidural_steroid_injection",
     "spine_intervention_referral", "mr_implant", "kidney_failure", "dialysis", "pregnancy",
-    "gadolinium_allergy", "body_temperature", "egfr", "pregnancy_test",
+    "gadolinium_allergy", "body_temperature", "egfr", "pregnancy_test", "motor_deficit",
 )  # fmt: skip
 
 PROCEDURE_KEYS: Final[tuple[str, ...]] = (
