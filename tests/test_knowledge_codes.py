@@ -151,7 +151,7 @@ NOT_SHIPPED: list[tuple[str, str]] = [
     (RXNORM, "41493"), (RXNORM, "35827"), (RXNORM, "5781"), (RXNORM, "24605"), (RXNORM, "31448"),
     (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1514"), (RXNORM, "1347"), (RXNORM, "2878"), (RXNORM, "22396"),
     (RXNORM, "6835"), (RXNORM, "202472"), (RXNORM, "54552"),
-    # 14106009 (cardiac pacemaker device) left this list: it is now V, in the VSAC Cardiac Pacer set 2.16.840.1.113883.3.526.3.1193.
+    # 14106009 (cardiac pacemaker device) left this list: now V (VSAC Cardiac Pacer 2.16.840.1.113883.3.526.3.1193).
     (SNOMED, "386661006"), (SNOMED, "89362005"), (SNOMED, "72042002"), (SNOMED, "6077001"),
     (LOINC, "24531-6"), (LOINC, "36402-6"), (LOINC, "24974-8"), (LOINC, "24970-6"), (LOINC, "24972-2"),
     (LOINC, "24971-4"), (LOINC, "88293-6"), (LOINC, "88294-4"), (LOINC, "50044-7"), (LOINC, "2118-8"),
@@ -314,7 +314,7 @@ def test_each_verified_code_means_what_its_source_says(coding: tuple[str, str], 
 
 def test_each_code_of_the_table_means_what_its_source_says() -> None:
     # One test for the thousands of table rows (a parametrised test each would triple the suite's time).
-    wrong = [(coding, meaning) for coding, _display, _mark, _source, meaning in TABLE_ROWS if not _means(coding, meaning)]
+    wrong = [(coding, meaning) for coding, _shown, _mark, _source, meaning in TABLE_ROWS if not _means(coding, meaning)]
     assert not wrong, wrong[:10]
 
 
