@@ -4,7 +4,10 @@
   both the codes listed in the value sets and every code the load-time range expansion adds.
 * Other systems (SNOMED CT, RxNorm, ATC, LOINC, CPT, RadLex) have no terminology package here:
   each shipped code must appear in :data:`VERIFIED_CODES` below, which records its mark (V or C,
-  never UNVERIFIED) and its source as given in reference/clinical.md, and what it must mean.
+  never UNVERIFIED) and its source as given in reference/clinical.md, and what it must mean, or in
+  ``tests/verified_codes.tsv``: the codes taken from public value-set expansions (VSAC sets shipped in
+  cqframework repositories) and code lists, each with the display its source gives, its mark, the file
+  it was read in (repository:path@commit) and its meaning. The value sets must carry that display.
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ NOT_SHIPPED: list[tuple[str, str]] = [
     (RXNORM, "41493"), (RXNORM, "35827"), (RXNORM, "5781"), (RXNORM, "24605"), (RXNORM, "31448"),
     (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1514"), (RXNORM, "1347"), (RXNORM, "2878"), (RXNORM, "22396"),
     (RXNORM, "6835"), (RXNORM, "202472"), (RXNORM, "54552"),
-    (SNOMED, "386661006"), (SNOMED, "89362005"), (SNOMED, "72042002"), (SNOMED, "6077001"), (SNOMED, "14106009"),
+    # 14106009 (cardiac pacemaker device) left this list: now V (VSAC Cardiac Pacer 2.16.840.1.113883.3.526.3.1193).
+    (SNOMED, "386661006"), (SNOMED, "89362005"), (SNOMED, "72042002"), (SNOMED, "6077001"),
     (LOINC, "24531-6"), (LOINC, "36402-6"), (LOINC, "24974-8"), (LOINC, "24970-6"), (LOINC, "24972-2"),
     (LOINC, "24971-4"), (LOINC, "88293-6"), (LOINC, "88294-4"), (LOINC, "50044-7"), (LOINC, "2118-8"),
     (LOINC, "19080-1"), (LOINC, "82810-3"), (LOINC, "24963-1"),
@@ -175,6 +179,29 @@ NOT_SHIPPED: list[tuple[str, str]] = [
     (ATC, "M01AB08"), (ATC, "M01AX01"), (ATC, "H02AB07"), (ATC, "H02AB04"),
     (RADLEX, "RPID31"), (RADLEX, "RPID32"),
 ]  # fmt: skip
+
+
+def _read_table() -> list[tuple[tuple[str, str], str, str, str, str]]:
+    """Rows of tests/verified_codes.tsv: ((system, code), display, mark, source, meaning)."""
+    rows = []
+    lines = (Path(__file__).parent / "verified_codes.tsv").read_text(encoding="utf-8").splitlines()
+    header = [line for line in lines if not line.startswith("#")][0]
+    assert header.split("\t") == ["system", "code", "display", "mark", "source", "meaning"]
+    for line in lines:
+        if line.startswith("#") or line == header:
+            continue
+        system, code, display, mark, source, meaning = line.split("\t")
+        rows.append(((system, code), display, mark, source, meaning))
+    return rows
+
+
+TABLE_ROWS = _read_table()
+# Every verified code, however recorded: (system, code) -> [(mark, source, meaning)].
+VERIFIED: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+for _coding, _row in VERIFIED_CODES.items():
+    VERIFIED.setdefault(_coding, []).append(_row)
+for _coding, _display, _mark, _source, _meaning in TABLE_ROWS:
+    VERIFIED.setdefault(_coding, []).append((_mark, _source, _meaning))
 
 
 def _valueset(key: str) -> dict[str, Any]:
@@ -238,30 +265,74 @@ def test_expanded_icd_codes_all_exist_with_the_package_display() -> None:
 
 def test_every_shipped_non_icd_code_is_in_the_verified_table_with_mark_v_or_c() -> None:
     shipped = _shipped_non_icd_codes()
-    unverified = sorted(shipped - set(VERIFIED_CODES))
-    assert not unverified, f"shipped codes missing from VERIFIED_CODES: {unverified}"
-    for coding, (mark, source, _meaning) in VERIFIED_CODES.items():
-        assert mark in ("V", "C"), coding
-        assert source, coding
+    unverified = sorted(shipped - set(VERIFIED))
+    assert not unverified, f"shipped codes missing from VERIFIED_CODES and verified_codes.tsv: {unverified[:20]}"
+    for coding, rows in VERIFIED.items():
+        for mark, source, _meaning in rows:
+            assert mark in ("V", "C"), coding
+            assert source, coding
 
 
 def test_the_verified_table_lists_only_codes_that_are_shipped() -> None:
     # A stale table row would make a removed code look verified.
-    assert set(VERIFIED_CODES) <= _shipped_non_icd_codes()
+    assert set(VERIFIED) <= _shipped_non_icd_codes()
 
 
-@pytest.mark.parametrize(("coding", "meaning"), [(coding, row[2]) for coding, row in VERIFIED_CODES.items()])
-def test_each_verified_code_means_what_its_source_says(coding: tuple[str, str], meaning: str) -> None:
+def test_a_code_is_recorded_once_per_meaning() -> None:
+    seen: set[tuple[tuple[str, str], str]] = set()
+    for coding, rows in VERIFIED.items():
+        for _mark, _source, meaning in rows:
+            assert (coding, meaning) not in seen, (coding, meaning)
+            seen.add((coding, meaning))
+
+
+def test_value_sets_carry_the_display_the_source_gives() -> None:
+    wrong = []
+    for (system, code), display, _mark, _source, meaning in TABLE_ROWS:
+        kind, key = meaning.split(":", 1)
+        if kind != "concept":
+            continue
+        shipped = {
+            concept["display"]
+            for include in (_valueset(key).get("compose") or {}).get("include", [])
+            if include.get("system") == system
+            for concept in include.get("concept", [])
+            if concept["code"] == code
+        }
+        if shipped != {display}:
+            wrong.append((key, code, display, sorted(shipped)))
+    assert not wrong, wrong[:10]
+
+
+def test_table_marks_say_where_the_code_was_seen() -> None:
+    for (_system, code), _display, mark, source, _meaning in TABLE_ROWS:
+        # V: one standards artefact (a file in a repository, at a commit); C: two independent sources.
+        assert "@" in source and ":" in source, code
+        if mark == "C":
+            assert ";" in source, f"{code}: a C mark needs two sources"
+
+
+def _means(coding: tuple[str, str], meaning: str) -> bool:
     knowledge = load_knowledge()
     kind, value = meaning.split(":", 1)
     system, code = coding
     if kind == "concept":
-        assert value in knowledge.concepts_of(system, code)
-    elif kind == "procedure":
-        assert knowledge.procedure_key(system, code) == value
-    else:
-        info = knowledge.medication(system, code)
-        assert info is not None and info.ingredient == value
+        return value in knowledge.concepts_of(system, code)
+    if kind == "procedure":
+        return knowledge.procedure_key(system, code) == value
+    info = knowledge.medication(system, code)
+    return info is not None and info.ingredient == value
+
+
+@pytest.mark.parametrize(("coding", "meaning"), [(coding, row[2]) for coding, row in VERIFIED_CODES.items()])
+def test_each_verified_code_means_what_its_source_says(coding: tuple[str, str], meaning: str) -> None:
+    assert _means(coding, meaning)
+
+
+def test_each_code_of_the_table_means_what_its_source_says() -> None:
+    # One test for the thousands of table rows (a parametrised test each would triple the suite's time).
+    wrong = [(coding, meaning) for coding, _shown, _mark, _source, meaning in TABLE_ROWS if not _means(coding, meaning)]
+    assert not wrong, wrong[:10]
 
 
 @pytest.mark.parametrize("coding", NOT_SHIPPED)

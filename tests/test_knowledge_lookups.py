@@ -181,8 +181,7 @@ def test_every_concept_key_has_a_value_set(knowledge: Knowledge) -> None:
 def test_text_only_concepts_are_the_ones_without_a_verified_code(knowledge: Knowledge) -> None:
     text_only = {key for key in knowledge.concept_keys if knowledge.valueset(key).text_only}
     assert text_only == {
-        "saddle_anesthesia", "physical_therapy", "epidural_steroid_injection",
-        "spine_intervention_referral", "gadolinium_allergy",
+        "physical_therapy", "epidural_steroid_injection", "spine_intervention_referral", "gadolinium_allergy",
     }  # fmt: skip
     assert knowledge.valueset("malignancy").code_count > 1500
 
@@ -199,6 +198,14 @@ def test_text_only_concepts_are_the_ones_without_a_verified_code(knowledge: Know
         ("Physical-therapy evaluation", {"physical_therapy"}),
         ("L4-5 microdiscectomy (2019)", {"prior_lumbar_surgery"}),
         ("Posterior lumbar fusion", {"prior_lumbar_surgery"}),
+        ("TLIF L4-L5", {"prior_lumbar_surgery"}),
+        # No level, or a cervical one: not evidence of lumbar surgery.
+        ("Anterior cervical discectomy and fusion C5-6", set()),
+        ("Laminectomy", set()),
+        ("Foot drop, left", {"motor_deficit"}),
+        ("Progressive weakness of leg", {"motor_deficit"}),
+        ("Carcinoma in situ of prostate (disorder)", {"malignancy"}),
+        ("Cancer screening", set()),
         ("Spinal cord stimulator", {"mr_implant"}),
         ("Dual chamber PACEMAKER", {"mr_implant"}),
         ("Gadobutrol", {"gadolinium_allergy"}),
