@@ -108,6 +108,7 @@ def facts(
         physical_therapy=(),
         intervention_referrals=(),
         red_flags=flags,
+        motor_deficits=(),
         prior_imaging=(),
         implants=(),
         contrast_concerns=(),

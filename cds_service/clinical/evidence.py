@@ -20,12 +20,18 @@ from cds_service.clinical.rules import ClinicalRules
 DrugClass = Literal["nsaid", "systemic_corticosteroid"]
 # How a medication exposure counts: an NSAID trial, a steroid burst or prolonged course (trials), or long-term
 # steroid use (a red flag, never a trial).
-CourseKind = Literal["trial", "burst", "prolonged", "long_term"]
+CourseKind = Literal["trial", "burst", "prolonged", "maintenance", "long_term"]
 # Why a recognised NSAID or corticosteroid is not a conservative-therapy trial: a key of the card terms'
 # "not_counted" words. "non_systemic" and "antiplatelet_aspirin" come from the drug's form and dose; the
 # knowledge base adds its own exclusions ("mineralocorticoid").
 NotCountedReason = str
 
+# Medication statuses that are not therapy: never given, withdrawn, or only planned. Active, on-hold, completed,
+# stopped and unknown are.
+_NOT_THERAPY_STATUS = frozenset({"cancelled", "draft", "entered-in-error", "not-taken", "intended"})
+# Medication statuses of a drug still being taken (a stopped or completed one counts only while recent).
+_CURRENT_MEDICATION_STATUS = frozenset({"active", "on-hold", "unknown"})
+_MEDICATION_TYPES = frozenset({"MedicationStatement", "MedicationRequest"})
 # Verification statuses that make a condition not a fact about the patient.
 _NOT_A_FACT_VERIFICATION = frozenset({"entered-in-error", "refuted"})
 # Event statuses (Procedure, ServiceRequest, Observation, Device ...) that mean it did not happen or was withdrawn.
@@ -84,6 +90,8 @@ class MedicationCourse:
     weeks: float | None  # None when neither the period nor the supply duration gives a length
     kind: CourseKind
     long_term_coded: bool = False  # the record itself calls it long-term use
+    status: str | None = None  # as recorded: "ongoing" is said only of an active one
+    daily_prednisone_mg: float | None = None  # corticosteroids: the daily dose in prednisone equivalents, if stated
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class Evidence:
     physical_therapy: tuple[Finding, ...]  # PT procedures or referrals
     intervention_referrals: tuple[Finding, ...]  # ESI, spine-surgery or pain referrals on record
     red_flags: tuple[Finding, ...]  # every red-flag or context concept that counts (cauda equina ... weight loss)
+    motor_deficits: tuple[Finding, ...]  # foot drop, leg weakness or paresis in the current episode
     prior_imaging: tuple[PriorImaging, ...]
     implants: tuple[Finding, ...]
     contrast_concerns: tuple[Finding, ...]  # kidney failure, dialysis, gadolinium allergy (not the eGFR value)
@@ -136,13 +145,16 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
     implants: list[Finding] = []
     contrast: list[Finding] = []
     pregnancy: list[Finding] = []
-    for finding in facts.findings:
+    motor: list[Finding] = []
+    for finding in (*facts.findings, *_drug_class_findings(facts, rules)):
         role = rules.role(finding.concept)
         if role is None or not _is_fact(finding):
             continue
         active = _clinically_active(finding)
         if role.timing == "history":
             counts = True
+        elif finding.resource_type in _MEDICATION_TYPES:
+            counts = _medication_current(finding, today, lookback)
         else:
             counts = active or _resolved_within(finding, today, lookback)
             if counts and role.timing == "current":
@@ -157,6 +169,8 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
             therapy.append(finding)
         elif role.role == "candidacy":
             referrals.append(finding)
+        elif role.role == "motor_deficit":
+            motor.append(finding)
         elif role.concern == "mr_implant":
             if finding.status not in _INACTIVE_DEVICE_STATUS:
                 implants.append(finding)
@@ -168,7 +182,7 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
     courses: list[MedicationCourse] = []
     uncounted: list[UncountedMedication] = []
     for exposure in facts.medications:
-        if exposure.status == "entered-in-error":
+        if exposure.status in _NOT_THERAPY_STATUS:
             continue
         reason = _not_counted_reason(exposure)
         if reason is not None:
@@ -201,6 +215,7 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
         physical_therapy=tuple(therapy),
         intervention_referrals=tuple(referrals),
         red_flags=tuple(red_flags),
+        motor_deficits=tuple(motor),
         prior_imaging=prior,
         implants=tuple(implants),
         contrast_concerns=tuple(contrast),
@@ -241,10 +256,40 @@ def test_positive(measurement: Measurement) -> bool | None:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _is_fact(finding: Finding) -> bool:
-    """False for what the record itself withdraws: entered in error, refuted, not done, cancelled."""
+    """False for what the record itself withdraws: entered in error, refuted, not done, cancelled, never taken."""
     if finding.verification in _NOT_A_FACT_VERIFICATION:
         return False
+    if finding.resource_type in _MEDICATION_TYPES:
+        return finding.status not in _NOT_THERAPY_STATUS
+    if finding.resource_type == "ServiceRequest" and finding.status == "draft":
+        return False  # a draft on record was never ordered
     return finding.status not in _NOT_DONE_STATUS
+
+
+def _drug_class_findings(facts: ClinicalFacts, rules: ClinicalRules) -> list[Finding]:
+    """A drug whose class is evidence of a concept (chemotherapy: cancer; immunosuppressant: immunosuppression)."""
+    found: list[Finding] = []
+    for exposure in facts.medications:
+        concept = rules.drug_class_concepts.get(exposure.drug_class or "")
+        if concept is not None:
+            found.append(
+                Finding(
+                    concept,
+                    exposure.reference,
+                    exposure.start,
+                    exposure.label,
+                    status=exposure.status,
+                    ended=exposure.end,
+                )
+            )
+    return found
+
+
+def _medication_current(finding: Finding, today: date, lookback_days: int) -> bool:
+    """A drug still taken, or stopped within the look-back (an immunosuppressant stopped years ago is not current)."""
+    if finding.status in _CURRENT_MEDICATION_STATUS or finding.status is None:
+        return finding.ended is None or (today - finding.ended).days <= lookback_days
+    return finding.ended is not None and (today - finding.ended).days <= lookback_days
 
 
 def _clinically_active(finding: Finding) -> bool:
@@ -305,10 +350,16 @@ def _course(
     weeks = (end - exposure.start).days / 7.0 if exposure.start and end and end >= exposure.start else None
     kind: CourseKind = "trial"
     thresholds = rules.thresholds
+    daily_prednisone = None
     if drug_class == "systemic_corticosteroid":
+        factor = rules.steroid_factors.get(exposure.ingredient)
+        if exposure.daily_dose_mg is not None and factor is not None:
+            daily_prednisone = exposure.daily_dose_mg * factor
         long_term_days = thresholds.long_term_steroid_months * _DAYS_PER_MONTH
         if long_term_coded or (weeks is not None and weeks * 7 >= long_term_days):
             kind = "long_term"
+        elif not _anti_inflammatory_course(exposure, daily_prednisone, rules):
+            kind = "maintenance"
         elif weeks is not None and weeks > thresholds.steroid_burst_weeks:
             kind = "prolonged"
         else:
@@ -323,7 +374,24 @@ def _course(
         weeks,
         kind,
         long_term_coded and drug_class == "systemic_corticosteroid",
+        exposure.status,
+        daily_prednisone,
     )
+
+
+def _anti_inflammatory_course(
+    exposure: MedicationExposure, daily_prednisone: float | None, rules: ClinicalRules
+) -> bool:
+    """A dose pack, taper or injection, or a daily dose of at least the trial threshold; unknown dose: yes.
+
+    A stated low daily dose (under 20 mg prednisone-equivalent by default) is maintenance therapy, not a trial.
+    """
+    pattern = rules.steroid_trial_words
+    if pattern is not None and any(
+        pattern.search(words) for words in (exposure.label, exposure.dose_text, exposure.route) if words
+    ):
+        return True
+    return daily_prednisone is None or daily_prednisone >= rules.thresholds.steroid_trial_min_daily_mg
 
 
 def _prior_imaging_counts(prior: PriorImaging) -> bool:

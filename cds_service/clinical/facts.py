@@ -67,6 +67,7 @@ class MedicationExposure:
     open_period: bool = False  # a statement whose effective period has a start and no end
     daily_dose_mg: float | None = None  # mg a day of the ingredient, when the dosage states it
     as_needed: bool = False
+    route: str | None = None  # the dosage route's words (display or text), as recorded
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,10 @@ _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {
 
 # Within the heaviest elements, the parts the rules read (dose text and timing; supply period).
 _VALIDATED_SUB_ELEMENTS: Mapping[str, frozenset[str]] = {
-    "dosage": _with_extensions("text", "timing"),
-    "dosageInstruction": _with_extensions("text", "timing"),
+    "dosage": _with_extensions("text", "timing", "route", "doseAndRate", "asNeededBoolean", "asNeededCodeableConcept"),
+    "dosageInstruction": _with_extensions(
+        "text", "timing", "route", "doseAndRate", "asNeededBoolean", "asNeededCodeableConcept"
+    ),
     "dispenseRequest": _with_extensions("validityPeriod", "expectedSupplyDuration"),
 }
 
@@ -499,14 +501,19 @@ class RecordReader:
             _first(resource.get("authoredOn"), resource.get("dateWritten"), resource.get("orderedOn"))
         )
         if resource_type in ("MedicationRequest", "MedicationOrder", "MedicationStatement"):
-            info = self._medication_info(resource.get("medicationCodeableConcept"))
+            medication = resource.get("medicationCodeableConcept")
+            info = self._medication_info(medication)
+            systemic = info is not None and info.systemic
+            if info is not None and systemic:
+                words = (_label(medication), _route_words(resource), _dose_text(resource))
+                systemic = not any(self._knowledge.names_non_systemic_form(w, info.drug_class) for w in words)
             return DraftOrder(
                 reference,
                 resource_type,
                 "medication" if info is not None else "other",
                 selected,
                 drug_class=info.drug_class if info is not None else None,
-                systemic=info.systemic if info is not None else True,
+                systemic=systemic if info is not None else True,
                 antiplatelet_aspirin=info.antiplatelet_aspirin if info is not None else False,
                 authored=authored,
                 raw=resource,
@@ -637,9 +644,19 @@ class RecordReader:
         start, end, open_period = _course_dates(resource)
         label = _label(medication) or (info.ingredient if info else "")
         for concept in sorted(flags):
-            collector.findings.append(Finding(concept, reference, start, label, (), status=status))
+            collector.findings.append(Finding(concept, reference, start, label, (), status=status, ended=end))
         if info is None and excluded is None:
             return
+        dose_text = _dose_text(resource)
+        route = _route_words(resource)
+        systemic = info.systemic if info is not None else True
+        if info is not None and systemic:
+            # The code may name only the ingredient: the drug's own words, its route and its dosage text still tell
+            # a topical, inhaled or nasal form.
+            systemic = not any(
+                self._knowledge.names_non_systemic_form(words, info.drug_class) for words in (label, route, dose_text)
+            )
+        strength = _milligrams(info.strength) if info is not None and info.strength else _milligrams(label)
         collector.medications.append(
             MedicationExposure(
                 reference=reference,
@@ -647,13 +664,16 @@ class RecordReader:
                 drug_class=info.drug_class if info is not None else None,
                 ingredient=info.ingredient if info is not None else label,
                 label=label,
-                systemic=info.systemic if info is not None else True,
+                systemic=systemic,
                 antiplatelet_aspirin=info.antiplatelet_aspirin if info is not None else False,
                 excluded_reason=excluded,
-                dose_text=_dose_text(resource) or (info.strength if info is not None else None),
+                dose_text=dose_text or (info.strength if info is not None else None),
                 start=start,
                 end=end,
                 open_period=open_period,
+                daily_dose_mg=_daily_dose_mg(resource, strength, dose_text),
+                as_needed=_as_needed(resource, dose_text),
+                route=route,
             )
         )
 
@@ -857,6 +877,97 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     return [] if value is None else [value]
+
+
+_MG_AMOUNT = re.compile(r"(\d+(?:\.\d+)?)\s*(?:mg|milligrams?)\b", re.IGNORECASE)
+_MILLIGRAM_UNITS = frozenset({"mg", "milligram", "milligrams"})
+# Units that count dose units (tablets, capsules): multiplied by the product's strength.
+_COUNT_UNITS = frozenset({"", "1", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "capsules"})
+_PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.44, "a": 365.25}
+# Times a day named in dosage text, most specific first.
+_TIMES_A_DAY = (
+    (re.compile(r"\b(four times|qid|q\.i\.d\.?)\b", re.IGNORECASE), 4.0),
+    (re.compile(r"\b(three times|tid|t\.i\.d\.?)\b", re.IGNORECASE), 3.0),
+    (re.compile(r"\b(twice|two times|bid|b\.i\.d\.?)\b", re.IGNORECASE), 2.0),
+    (
+        re.compile(
+            r"\b(once daily|once a day|daily|every day|a day|qd|q\.d\.?|every morning|at night)\b", re.IGNORECASE
+        ),
+        1.0,
+    ),
+)
+_EVERY_HOURS = re.compile(r"\bevery (\d+) ?(?:hours|hrs?|h)\b|\bq(\d+)h\b", re.IGNORECASE)
+_AS_NEEDED_WORDS = re.compile(r"\b(as needed|prn|p\.r\.n\.?|when required)\b", re.IGNORECASE)
+
+
+def _milligrams(text: str | None) -> float | None:
+    match = _MG_AMOUNT.search(text or "")
+    return float(match.group(1)) if match else None
+
+
+def _dosages(resource: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [
+        d for d in _as_list(resource.get("dosage")) + _as_list(resource.get("dosageInstruction")) if isinstance(d, dict)
+    ]
+
+
+def _daily_dose_mg(resource: Mapping[str, Any], strength_mg: float | None, dose_text: str | None) -> float | None:
+    """Milligrams a day of the ingredient: the structured dose and timing first, then the dosage text."""
+    for dosage in _dosages(resource):
+        per_dose = None
+        for dose_and_rate in _as_list(dosage.get("doseAndRate")):
+            quantity = _mapping(_mapping(dose_and_rate).get("doseQuantity"))
+            value = quantity.get("value")
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            unit = str(quantity.get("code") or quantity.get("unit") or "").lower()
+            if unit in _MILLIGRAM_UNITS:
+                per_dose = float(value)
+            elif unit in _COUNT_UNITS and strength_mg is not None:
+                per_dose = float(value) * strength_mg
+        repeat = _mapping(_mapping(dosage.get("timing")).get("repeat"))
+        frequency, period = repeat.get("frequency"), repeat.get("period")
+        period_days = _PERIOD_DAYS.get(str(repeat.get("periodUnit") or ""))
+        if (
+            per_dose is not None
+            and isinstance(frequency, int | float)
+            and isinstance(period, int | float)
+            and period_days is not None
+            and period > 0
+        ):
+            return per_dose * float(frequency) / (float(period) * period_days)
+    return _daily_dose_from_text(dose_text, strength_mg)
+
+
+def _daily_dose_from_text(text: str | None, strength_mg: float | None) -> float | None:
+    if not text:
+        return None
+    per_dose = _milligrams(text) or strength_mg
+    if per_dose is None:
+        return None
+    hours = _EVERY_HOURS.search(text)
+    if hours:
+        every = float(hours.group(1) or hours.group(2))
+        return per_dose * 24.0 / every if every > 0 else None
+    for pattern, times in _TIMES_A_DAY:
+        if pattern.search(text):
+            return per_dose * times
+    return None
+
+
+def _as_needed(resource: Mapping[str, Any], dose_text: str | None) -> bool:
+    for dosage in _dosages(resource):
+        if dosage.get("asNeededBoolean") is True or isinstance(dosage.get("asNeededCodeableConcept"), dict):
+            return True
+    return bool(dose_text and _AS_NEEDED_WORDS.search(dose_text))
+
+
+def _route_words(resource: Mapping[str, Any]) -> str | None:
+    for dosage in _dosages(resource):
+        words = _label(dosage.get("route"))
+        if words:
+            return words
+    return None
 
 
 def _dose_text(resource: Mapping[str, Any]) -> str | None:

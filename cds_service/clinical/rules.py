@@ -8,6 +8,7 @@ with an existing role takes effect without a code change (docs/clinical-rules.md
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -39,6 +40,8 @@ class ClinicalRules:
     episode_concepts: frozenset[str]
     radicular_concepts: frozenset[str]
     indication_concepts: frozenset[str]  # concepts that show the low back pain question
+    steroid_factors: Mapping[str, float]  # corticosteroid ingredient -> mg prednisone per mg
+    steroid_trial_words: re.Pattern[str] | None  # dose pack, taper, intramuscular: a trial whatever the daily dose
 
     @classmethod
     def from_knowledge(cls, knowledge: Knowledge, thresholds: Thresholds) -> ClinicalRules:
@@ -66,6 +69,8 @@ class ClinicalRules:
             episode_concepts=frozenset(key for key, role in roles.items() if role.role == "episode"),
             radicular_concepts=frozenset(key for key, role in roles.items() if role.radicular),
             indication_concepts=frozenset(key for key, role in roles.items() if role.indication),
+            steroid_factors=knowledge.steroid_factors,
+            steroid_trial_words=knowledge.steroid_trial_pattern,
         )
 
     def acr_category(self, procedure_key: str, variant: int) -> AcrCategory | None:

@@ -60,6 +60,9 @@ class Thresholds:
     nsaid_trial_weeks: int = 2  # an adequate NSAID trial lasts at least this long (or 2+ separate orders)
     nsaid_trial_min_orders: int = 2
     steroid_burst_weeks: int = 3  # a course up to this long is a burst; longer is "prolonged"
+    # A steroid course starting at this daily prednisone-equivalent dose or more is an anti-inflammatory trial; below
+    # it, maintenance therapy (not a trial).
+    steroid_trial_min_daily_mg: float = 20.0
     long_term_steroid_months: int = 3  # use at least this long is long-term: a red flag, not a trial
     prior_mri_lookback_months: int = 12  # a lumbar MRI within this window makes a new one a duplicate
     fracture_risk_age: int = 70  # age at or above which fracture risk applies (ACR variant 6 "elderly")
@@ -173,6 +176,8 @@ class KnowledgeTables:
     mri_codings: tuple[tuple[str, str, str], ...]
     mri_protocol: str
     cards: Mapping[str, Any]
+    steroid_factors: Mapping[str, float]  # ingredient -> mg prednisone per mg (corticosteroids.json)
+    steroid_trial_pattern: re.Pattern[str] | None  # dose pack, taper, intramuscular (corticosteroids.json)
 
 
 _SEPARATORS: Final = re.compile(r"[\s\-]+")
@@ -309,6 +314,20 @@ class Knowledge:
         form, or the strength of an aspirin coded only by ingredient (81 mg is antiplatelet).
         """
         return self._tables.medications.of_concept(codings, text)
+
+    def names_non_systemic_form(self, text: str | None, drug_class: str) -> bool:
+        """True when ``text`` (a route, dose form or dosage text) names a topical, inhaled, nasal ... form."""
+        return bool(text) and not self._tables.medications.is_systemic_text(str(text), drug_class)
+
+    @property
+    def steroid_factors(self) -> Mapping[str, float]:
+        """Prednisone-equivalent factor per corticosteroid ingredient (mg prednisone per mg)."""
+        return self._tables.steroid_factors
+
+    @property
+    def steroid_trial_pattern(self) -> re.Pattern[str] | None:
+        """Words that make a corticosteroid course a short anti-inflammatory trial (dose pack, taper, injection)."""
+        return self._tables.steroid_trial_pattern
 
     def medication_not_counted(self, codings: Iterable[tuple[str | None, str | None]], text: str | None) -> str | None:
         """Why a drug that is not an NSAID or systemic corticosteroid trial still deserves a word on the card.

@@ -7,6 +7,7 @@ Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE
 ``icd10cm_snapshot.json``         ICD-10-CM expansions and descriptions (generated: see ``icd10cm.py``)
 ``keywords.json``                 text keywords per concept (lower confidence)
 ``medications.json``              NSAID and systemic corticosteroid codes, products, text rules
+``corticosteroids.json``           prednisone equivalents and the words of a short steroid trial
 ``procedures.json``               imaging codes -> ACR procedure keys; the suggested MRI order
 ``acr_ratings.json``              ACR category per procedure key and variant
 ``cards.json``                    card templates, references and override reasons
@@ -112,6 +113,7 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
     for (system, code), key in procedures.items():
         procedure_codings.setdefault(key, []).append((system, code, procedure_displays[(system, code)]))
     acr, acr_inferred = _load_acr(directory, problems)
+    steroid_factors, steroid_trial_pattern = _load_corticosteroids(directory, problems, medications)
     cards = _load_cards(directory, problems, roles)
     if medications is not None and cards is not None:
         words = (cards.get("terms") or {}).get("not_counted") or {}
@@ -137,6 +139,8 @@ def _build(directory: Path, problems: _Problems) -> KnowledgeTables | None:
         mri_codings=mri_codings,
         mri_protocol=mri_protocol,
         cards=cards,
+        steroid_factors=MappingProxyType(steroid_factors),
+        steroid_trial_pattern=steroid_trial_pattern,
     )
 
 
@@ -488,6 +492,38 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
         not_counted_pattern=words_pattern(not_counted_names),
         not_counted_of_name=MappingProxyType(not_counted_names),
     )
+
+
+# -- corticosteroids ---------------------------------------------------------------------------
+
+
+def _load_corticosteroids(
+    directory: Path, problems: _Problems, medications: MedicationIndex | None
+) -> tuple[dict[str, float], re.Pattern[str] | None]:
+    file = "corticosteroids.json"
+    data = _read_json(directory, file, problems)
+    if not isinstance(data, dict):
+        return {}, None
+    _check_version(file, data, problems)
+    equivalents = data.get("prednisone_equivalent") or {}
+    if not equivalents.get("source"):
+        problems.add(file, "prednisone_equivalent: does not cite its source")
+    factors: dict[str, float] = {}
+    known = medications.ingredient_of_name.values() if medications is not None else ()
+    steroid_ingredients = {name for name, drug_class in known if drug_class == "systemic_corticosteroid"}
+    for ingredient, factor in (equivalents.get("factors") or {}).items():
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor < 100:
+            problems.add(file, f"prednisone_equivalent: {ingredient!r} needs a positive factor, not {factor!r}")
+            continue
+        if medications is not None and ingredient not in steroid_ingredients:
+            problems.add(file, f"prednisone_equivalent: {ingredient!r} is not a corticosteroid of medications.json")
+        factors[ingredient] = float(factor)
+    trial = data.get("trial_words") or {}
+    words = trial.get("words")
+    if not trial.get("source") or not words or not all(isinstance(w, str) and w.strip() for w in words):
+        problems.add(file, "trial_words: needs a source and a non-empty list of words")
+        return factors, None
+    return factors, words_pattern(words)
 
 
 # -- procedures and ACR ratings ---------------------------------------------------------------

@@ -125,6 +125,10 @@ class MedicationIndex:
                 return self.not_counted_of_name.get(re.sub(r"[\s\-]+", " ", match.group(0).lower()))
         return None
 
+    def is_systemic_text(self, text: str, drug_class: str) -> bool:
+        """False when ``text`` names a non-systemic form (topical, ophthalmic, inhaled, nasal ...) of the class."""
+        return self._systemic(text, drug_class)
+
     def _systemic(self, text: str, drug_class: str) -> bool:
         for key in ("all", drug_class):
             pattern = self.non_systemic_patterns.get(key)
