@@ -329,7 +329,7 @@ def test_only_mri_orders_carry_the_mri_protocol(engine: ClinicalEngine) -> None:
     protocol = f"Protocol: {load_knowledge().mri_protocol}"
     for suggestion in suggestions(body):
         resource = suggestion["actions"][0]["resource"]
-        notes = [note["text"] for note in resource["note"]]
+        notes = [note["text"] for note in resource.get("note", [])]
         is_mri = resource["code"]["coding"][0]["code"] in ("72148", "72158")
         assert (protocol in notes) is is_mri, suggestion["label"]
 

@@ -312,7 +312,7 @@ def test_order_alone_still_rated_when_nothing_is_known(engine: ClinicalEngine) -
     evaluation = engine.evaluate(request(draft_service_request("72133")), nothing, now=NOW)
     assert [r.rating for r in evaluation.ratings] == ["not-appropriate"]
     (card,) = evaluation.response.cards
-    assert card.indicator == "info" and "order alone" in card.summary
+    assert card.indicator == "info" and "holds in every ACR variant still possible" in card.summary
 
 
 def test_precondition_failed_only_when_nothing_can_be_determined(engine: ClinicalEngine) -> None:

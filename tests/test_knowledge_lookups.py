@@ -406,6 +406,7 @@ def test_override_reasons(knowledge: Knowledge) -> None:
         "radiologist-recommendation": "Radiologist recommendation",
         "deferring-decision": "Deferring decision",
         "candidate-confirmed": "Surgery or intervention candidate confirmed",
+        "trial-confirmed": "Adequate conservative therapy trial confirmed",
     }
     assert "candidate-confirmed" in texts["cards"]["confirm_candidacy"]["override_reasons"]
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from cds_service.clinical.decision import (
+    RED_FLAG_CONCERNS,
     Concern,
     ConcernKind,
     Decision,
@@ -74,17 +75,34 @@ SUGGESTIONS_OF_CARD: Mapping[ConcernKind, tuple[str, ...]] = {
     "contrast_safety": ("convert",),
     "pregnancy": ("convert",),
     "data_missing": (),
+    "inadequate_therapy": ("remove",),
+    "trial_length_unknown": (),
+    "motor_deficit": ("keep_urgent", "convert_urgent", "create_urgent"),
+    "duplicate_draft": ("remove",),
+    "child_criteria": (),
+    "child_red_flag": (),
+    "child_cauda_equina": ("keep_urgent", "convert_urgent", "create_urgent"),
 }
-_THERAPY_EVIDENCE_CARDS = frozenset(
-    {
-        "failed_therapy_convert",
-        "failed_therapy_create",
-        "confirm_candidacy",
-        "conservative_care_first",
-        "no_documented_therapy",
-        "data_missing",
-    }
-)
+# Suggestions any card may carry, worded once in the card texts' "shared_suggestions".
+SHARED_SUGGESTIONS: tuple[str, ...] = ("remove_duplicate",)
+# What each card's detail lists, under a heading each (a condition is not a red flag; a missing eGFR is not therapy).
+_SECTIONS_OF_CARD: Mapping[str, tuple[str, ...]] = {
+    "cauda_equina": ("symptoms", "red_flags"),
+    "cancer_infection": ("symptoms", "red_flags"),
+    "cancer_infection_contrast_concern": ("symptoms", "red_flags", "contrast"),
+    "fracture_risk": ("symptoms", "red_flags"),
+    "prior_surgery": ("symptoms", "red_flags"),
+    "child_red_flag": ("symptoms", "red_flags"),
+    "child_cauda_equina": ("symptoms", "red_flags"),
+    "motor_deficit": ("symptoms", "motor"),
+    "duplicate_mri": ("prior_imaging",),
+    "mr_implant": ("devices",),
+    "contrast_safety": ("contrast",),
+    "pregnancy": ("pregnancy",),
+}
+_THERAPY_SECTIONS: tuple[str, ...] = ("symptoms", "therapy", "not_counted")
+# Cards whose suggested orders carry no therapy note: a red flag or a deficit, not failed therapy, is their reason.
+_NO_THERAPY_NOTES = frozenset({*RED_FLAG_CONCERNS, "motor_deficit"})
 
 
 class _Keep(dict[str, str]):
@@ -118,6 +136,7 @@ class CardTexts:
     terms: Mapping[str, Any]
     acr_category_codings: Mapping[str, Coding]  # ACR category (UA, MBA, UNA) -> its coding in the pama-rating
     extra_cards: Mapping[str, Mapping[str, Any]]  # card texts outside SUGGESTIONS_OF_CARD (data_missing_rated)
+    shared_suggestions: Mapping[str, Mapping[str, Any]]  # suggestions any card may carry (remove_duplicate)
 
     @classmethod
     def from_mapping(cls, texts: Mapping[str, Any]) -> CardTexts:
@@ -162,6 +181,8 @@ class CardTexts:
             )
         if not isinstance(cards.get("data_missing_rated"), Mapping):
             missing.append("cards.data_missing_rated")
+        shared = _section(texts, "shared_suggestions")
+        missing.extend(f"shared_suggestions.{name}" for name in SHARED_SUGGESTIONS if name not in shared)
         if missing:
             raise ConfigurationError("knowledge card texts: missing " + ", ".join(missing))
         references = _section(texts, "references")
@@ -193,6 +214,7 @@ class CardTexts:
                 if isinstance(concept, Mapping)
             },
             extra_cards={"data_missing_rated": cards["data_missing_rated"]},
+            shared_suggestions=shared,
         )
 
 
@@ -373,8 +395,15 @@ class CardRenderer:
             "missing": self._missing_words(concern.missing_types),
             "procedure": self._terms["procedures"].get(order.procedure_key or "", ""),
             "category_words": self._terms["categories"].get(rating_category or "", ""),
+            "flag": self._flag_words(concern),
+            "nsaid_weeks": self._thresholds.nsaid_trial_weeks,
         }
         return values
+
+    def _flag_words(self, concern: Concern) -> str:
+        """The first red flag in the record's own words ("Carcinoma in situ of prostate"), for a summary."""
+        flag = next((f for f in concern.findings if f.concept != "advanced_age"), None)
+        return self._label(flag) if flag is not None else str(self._terms["concepts"].get("red_flag", "Red flag"))
 
     def _limited(self, values: Mapping[str, object]) -> dict[str, object]:
         """Summary values held within the card texts' ``max_length`` (summaries must stay under 140 characters)."""
@@ -382,7 +411,7 @@ class CardRenderer:
         for name, limit in self._texts.placeholder_limits.items():
             value = limited.get(name)
             if isinstance(value, str) and len(value) > limit:
-                limited[name] = value[: limit - 1].rstrip() + "…"
+                limited[name] = _cut(value, limit)
         return limited
 
     def _concern_words(self, finding: Finding) -> str:
@@ -400,29 +429,66 @@ class CardRenderer:
     def _detail(
         self, concern: Concern, order_decision: OrderDecision, rendering: _Rendering, values: Mapping[str, object]
     ) -> str:
-        """Markdown: the card's explanation with the evidence found on record and the guideline."""
+        """Markdown: the evidence under a heading per kind, then the card's explanation and the guideline."""
         template = str(self._card_text(concern, order_decision)["detail"])
-        lines = self._evidence_lines(concern, rendering)
         egfr_note = ""
         if order_decision.no_recent_egfr and "no_recent_egfr" in self._texts.phrases:
             egfr_note = _fill(self._texts.phrases["no_recent_egfr"], **values)
-            if "{egfr_note}" not in template:
-                lines.append(egfr_note.strip())
-        missing_names = dict.fromkeys(self._terms["missing_types"].get(t, t) for t in concern.missing_types)
-        return _fill(
+        detail = _fill(
             template,
             **{
                 **values,
-                # Nothing found is a finding only when the record was obtained; with data missing it says nothing.
-                "evidence": _bullets(lines) or ("" if concern.kind == "data_missing" else self._evidence["none_found"]),
-                "safety_evidence": _bullets([self._finding_line(f) for f in concern.safety]),
+                "evidence": self._evidence_sections(concern, rendering),
                 "egfr_note": egfr_note if "{egfr_note}" in template else "",
-                "missing_list": ", ".join(missing_names),
+                "missing_list": self._missing_list(concern, rendering.evidence),
             },
         ).strip()
+        if egfr_note and "{egfr_note}" not in template:
+            detail += "\n\n" + egfr_note.strip()  # a paragraph of its own: a missing eGFR is not therapy
+        return detail
 
-    def _evidence_lines(self, concern: Concern, rendering: _Rendering) -> list[str]:
-        if concern.kind == "duplicate_mri":
+    def _missing_list(self, concern: Concern, evidence: Evidence) -> str:
+        """What could not be obtained and why: "medication history (the FHIR server answered 404)"."""
+        reasons = dict(evidence.unavailable_reasons)
+        by_reason: dict[str, list[str]] = {}  # one reason, said once, after every part it kept out
+        for resource_type in concern.missing_types:
+            name = str(self._terms["missing_types"].get(resource_type, resource_type))
+            names = by_reason.setdefault(reasons.get(resource_type, ""), [])
+            if name not in names:
+                names.append(name)
+        template = self._evidence["missing_reason"]
+        return "; ".join(
+            _fill(template, label=", ".join(names), reason=reason) if reason else ", ".join(names)
+            for reason, names in by_reason.items()
+        )
+
+    def _evidence_sections(self, concern: Concern, rendering: _Rendering) -> str:
+        headings = self._terms["headings"]
+        sections = _SECTIONS_OF_CARD.get(concern.kind, _THERAPY_SECTIONS)
+        blocks: list[str] = []
+        for section in sections:
+            lines = self._section_lines(section, concern, rendering)
+            if (
+                section == "therapy"
+                and not lines
+                and rendering.evidence.any_known("MedicationStatement", "MedicationRequest")
+            ):
+                lines = [self._evidence["none_found"]]  # said only when the medication history was obtained
+            if lines:
+                blocks.append(f"**{headings[section]}**\n\n{_bullets(lines)}")
+        return "\n\n".join(blocks)
+
+    def _section_lines(self, section: str, concern: Concern, rendering: _Rendering) -> list[str]:
+        if section == "symptoms":
+            return self._episode_lines(rendering.evidence, rendering.therapy)
+        if section == "therapy":
+            lines = list(rendering.therapy_lines)
+            known = {c.reference for c in (*rendering.therapy.nsaid_courses, *rendering.therapy.steroid_courses)}
+            lines += [self._course_line(c) for c in rendering.therapy.unknown_length if c.reference not in known]
+            return list(dict.fromkeys(lines))
+        if section == "not_counted":
+            return self._uncounted_lines(rendering.evidence, rendering.therapy)
+        if section == "prior_imaging":
             return [
                 _fill(
                     self._evidence["prior_mri"],
@@ -431,23 +497,22 @@ class CardRenderer:
                 )
                 for f in concern.findings
             ]
-        if concern.kind in ("mr_implant", "contrast_safety", "pregnancy"):
-            return [self._finding_line(f) for f in concern.findings]
-        lines = self._episode_lines(rendering.evidence, rendering.therapy)
-        long_term = {course.reference: course for course in rendering.therapy.long_term_steroids}
-        for finding in concern.findings:
-            course = long_term.get(finding.reference)
-            lines.append(self._course_line(course) if course is not None else self._finding_line(finding))
-        if (
-            any(f.concept == "long_term_steroids" for f in concern.findings)
-            and "long_term_steroids" in self._texts.phrases
-        ):
-            # Said once: long-term use is a red flag, not the failed trial the clinician may have meant.
-            lines.append(self._texts.phrases["long_term_steroids"])
-        if concern.kind in _THERAPY_EVIDENCE_CARDS:
-            lines.extend(rendering.therapy_lines)
-            lines.extend(self._uncounted_lines(rendering.evidence))
-        return lines
+        if section == "red_flags":
+            long_term = {course.reference: course for course in rendering.therapy.long_term_steroids}
+            lines = []
+            for finding in concern.findings:
+                course = long_term.get(finding.reference)
+                lines.append(self._course_line(course) if course is not None else self._finding_line(finding))
+            if (
+                any(f.concept == "long_term_steroids" for f in concern.findings)
+                and "long_term_steroids" in self._texts.phrases
+            ):
+                # Said once: long-term use is a red flag, not the failed trial the clinician may have meant.
+                lines.append(self._texts.phrases["long_term_steroids"])
+            return lines
+        if section == "contrast" and concern.kind == "cancer_infection_contrast_concern":
+            return [self._finding_line(f) for f in concern.safety]
+        return [self._finding_line(f) for f in concern.findings]
 
     def _episode_lines(self, facts: Evidence, therapy: TherapyAssessment) -> list[str]:
         """Every back pain, sciatica, radiculopathy, disc or stenosis condition on record, earliest first.
@@ -475,9 +540,14 @@ class CardRenderer:
                 lines.append(line)
         return lines
 
-    def _uncounted_lines(self, facts: Evidence) -> list[str]:
+    def _uncounted_lines(self, facts: Evidence, therapy: TherapyAssessment) -> list[str]:
         """One line per NSAID or corticosteroid found but not counted as a trial, and why (most recent items)."""
-        items: list[UncountedMedication] = sorted(facts.uncounted_medications, key=lambda m: m.start or date.min)
+        maintenance = [
+            UncountedMedication(c.reference, _drug_words(c), c.start, "maintenance_dose") for c in therapy.maintenance
+        ]
+        items: list[UncountedMedication] = sorted(
+            (*facts.uncounted_medications, *maintenance), key=lambda m: m.start or date.min
+        )
         lines = [
             _fill(
                 self._evidence["not_counted"],
@@ -538,10 +608,16 @@ class CardRenderer:
         drug = _drug_words(course)
         if course.start is None:
             return _fill(self._evidence["nsaid_no_dates"], drug=drug)
+        if course.end is None:
+            # "Ongoing" only of an active order; a completed or stopped one without an end date says so.
+            end_words = (
+                self._evidence["ongoing"] if course.status in ("active", None) else self._evidence["end_not_recorded"]
+            )
+            return _fill(self._evidence["course_open"], drug=drug, start=self._date(course.start), end=end_words)
         values = {
             "drug": drug,
             "start": self._date(course.start),
-            "end": self._date(course.end) if course.end else self._evidence["ongoing"],
+            "end": self._date(course.end),
             "weeks": _whole(course.weeks),
             "days": f"{course.weeks * 7:.0f}" if course.weeks is not None else "",
             "duration": self._duration(course.weeks),
@@ -562,7 +638,9 @@ class CardRenderer:
         self, concern: Concern, proposal: Proposal, order_decision: OrderDecision, rendering: _Rendering
     ) -> Suggestion:
         order = order_decision.order
-        text = self._card_text(concern, order_decision)["suggestions"][proposal.purpose]
+        text = self._card_text(concern, order_decision).get("suggestions", {}).get(
+            proposal.purpose
+        ) or self._texts.shared_suggestions.get(proposal.purpose, {})
         purpose = f"{concern.kind}:{proposal.purpose}"
         label = self._suggestion_label(proposal, order)
         description = _fill(str(text.get("description") or label), symptom_weeks=self._thresholds.symptom_weeks)
@@ -597,6 +675,8 @@ class CardRenderer:
         procedure = str(names.get(key or "") or str(self._terms["order_category"]).lower())
         if proposal.action != "delete" and proposal.priority == "stat":
             procedure = _fill(self._terms["urgent_procedure"], procedure=procedure)
+        elif proposal.action != "delete" and proposal.priority == "urgent":
+            procedure = _fill(self._terms["urgent_priority_procedure"], procedure=procedure)
         return _fill(self._terms["suggestion_labels"][proposal.action], procedure=procedure)
 
     def _code(self, key: str) -> dict[str, Any]:
@@ -613,7 +693,7 @@ class CardRenderer:
         return self.rating_extensions(proposal.rating, consult) if proposal.rating is not None else []
 
     def _order_fields(self, concern: Concern, key: str, proposal: Proposal, rendering: _Rendering) -> dict[str, Any]:
-        """What makes a suggested order complete: reasons, evidence references and notes (PRODUCT.md §3.5)."""
+        """What makes a suggested order complete: reasons, evidence references and notes (docs/clinical-rules.md)."""
         # One reasonCode per condition (its ICD-10-CM and SNOMED codes together): the red flags that justify the
         # study first, then the back-pain episode.
         reasons: dict[str, tuple[str, tuple[CodeRef, ...]]] = {}
@@ -621,15 +701,18 @@ class CardRenderer:
         for finding in (*concern.findings, *rendering.evidence.episode.findings):
             if finding.reference.startswith("Condition/") and finding.reference not in reasons:
                 reasons[finding.reference] = (self._label(finding), finding.codes)
-        supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
-        supporting += [f.reference for f in therapy.physical_therapy]
         notes = self._terms["order_notes"]
-        therapy_note = (
-            _fill(notes["therapy"], therapy="; ".join(rendering.therapy_lines))
-            if rendering.therapy_lines
-            else notes["no_therapy"]
-        )
-        order_notes = [{"text": therapy_note}]
+        supporting: list[str] = []
+        order_notes: list[dict[str, str]] = []
+        if concern.kind not in _NO_THERAPY_NOTES:
+            supporting = [c.reference for c in (*therapy.nsaid_courses, *therapy.steroid_courses)]
+            supporting += [f.reference for f in therapy.physical_therapy]
+            therapy_note = (
+                _fill(notes["therapy"], therapy="; ".join(rendering.therapy_lines))
+                if rendering.therapy_lines
+                else notes["no_therapy"]
+            )
+            order_notes.append({"text": therapy_note})
         if key in self._mri_keys:  # the MRI protocol (sequences, field strength) belongs on an MRI order only
             order_notes.append({"text": _fill(notes["protocol"], protocol=self._mri_protocol)})
         return {
@@ -683,7 +766,7 @@ class CardRenderer:
             return resource
         resource = _with_extensions(order.raw, self._rated_extensions(proposal, context.consult_ids[order.reference]))
         resource.setdefault("status", "draft")
-        resource.setdefault("intent", "order")
+        resource["intent"] = "order"  # a converted order is an order, whatever the draft was (proposal, plan)
         resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})
         fields = self._order_fields(concern, key, proposal, rendering)
         for member in ("reasonCode", "reasonReference", "supportingInfo", "note"):
@@ -719,31 +802,37 @@ def _merge(existing: list[Any], added: list[Any]) -> list[Any]:
     return merged
 
 
-def _reason_key(reason: Any) -> frozenset[tuple[str, str]] | None:
-    """The concept a reasonCode names: the set of its (system, normalised code) pairs; None without codes."""
-    if not isinstance(reason, dict) or not isinstance(reason.get("coding"), list):
-        return None
-    pairs: set[tuple[str, str]] = set()
-    for coding in reason["coding"]:
-        if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
-            continue
-        system = coding.get("system") if isinstance(coding.get("system"), str) else None
-        pairs.add(coding_key(system, coding["code"]) or (system or "", coding["code"].strip()))
-    return frozenset(pairs) or None
-
-
 def _unique_reasons(reasons: list[Any]) -> list[Any]:
-    """reasonCode entries with a concept listed once: the first of the entries with the same codings is kept."""
-    seen: set[frozenset[tuple[str, str]]] = set()
+    """reasonCode entries with each code listed once: codings already given by an earlier entry are left out of a
+    later one, and an entry left with no coding is dropped (the draft's own reasons and the conditions on record
+    often name the same concept)."""
+    seen: set[tuple[str, str]] = set()
     unique: list[Any] = []
     for reason in reasons:
-        key = _reason_key(reason)
-        if key is not None:
-            if key in seen:
-                continue
-            seen.add(key)
-        unique.append(reason)
+        if not isinstance(reason, dict) or not isinstance(reason.get("coding"), list):
+            unique.append(reason)
+            continue
+        kept = []
+        for coding in reason["coding"]:
+            key = _coding_identity(coding)
+            if key is None:
+                kept.append(coding)
+            elif key not in seen:
+                seen.add(key)
+                kept.append(coding)
+        if kept:
+            unique.append({**reason, "coding": kept})
+        elif not reason["coding"]:
+            unique.append(reason)
     return unique
+
+
+def _coding_identity(coding: Any) -> tuple[str, str] | None:
+    """The (system, normalised code) of a coding, so that "M54.16" and "M5416" are the same code."""
+    if not isinstance(coding, dict) or not isinstance(coding.get("code"), str):
+        return None
+    system = coding.get("system") if isinstance(coding.get("system"), str) else None
+    return coding_key(system, coding["code"]) or (system or "", coding["code"].strip())
 
 
 def _drug_words(course: MedicationCourse) -> str:
@@ -768,4 +857,15 @@ def _capitalised(text: str) -> str:
 
 def _summary(text: str) -> str:
     """CDS Hooks summaries must stay under 140 characters, whatever a placeholder expanded to."""
-    return text if len(text) < 140 else text[:138].rstrip() + "…"
+    return text if len(text) < 140 else _cut(text, 139)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut at a word boundary and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit // 2:
+        head = head[:space]
+    return head.rstrip(" ,;:.-") + "…"

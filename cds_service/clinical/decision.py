@@ -21,6 +21,7 @@ When / Then (PRODUCT.md §3.3-§3.5):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -33,7 +34,7 @@ from cds_service.knowledge import AcrCategory
 
 RatingCode = Literal["appropriate", "not-appropriate", "no-criteria-apply"]
 ActionKind = Literal["create", "update", "delete"]
-Priority = Literal["routine", "stat"]
+Priority = Literal["routine", "urgent", "stat"]
 # One card kind per situation (docs/clinical-rules.md, "Cards"); the names are the keys of the card texts
 # (knowledge cards.json), which also hold each card's indicator.
 ConcernKind = Literal[
@@ -52,7 +53,25 @@ ConcernKind = Literal[
     "contrast_safety",
     "pregnancy",
     "data_missing",
+    "inadequate_therapy",
+    "trial_length_unknown",
+    "motor_deficit",
+    "duplicate_draft",
+    "child_criteria",
+    "child_red_flag",
+    "child_cauda_equina",
 ]
+# Cards of a red flag: the orders they suggest carry no therapy notes (the flag, not failed therapy, is the reason).
+RED_FLAG_CONCERNS: frozenset[str] = frozenset(
+    {
+        "cauda_equina",
+        "cancer_infection",
+        "cancer_infection_contrast_concern",
+        "fracture_risk",
+        "child_red_flag",
+        "child_cauda_equina",
+    }
+)
 
 _RATING_OF_CATEGORY: Mapping[AcrCategory, RatingCode] = {
     "UA": "appropriate",
@@ -140,6 +159,10 @@ class TherapyAssessment:
     failed: bool | None
     radicular: bool
     candidate: bool | None  # documented surgery/intervention referral (on record or among the draft orders)
+    # NSAID courses whose length the record does not give, when nothing else makes the trial adequate: adequacy is
+    # unknown, not absent.
+    unknown_length: tuple[MedicationCourse, ...] = ()
+    maintenance: tuple[MedicationCourse, ...] = ()  # low-dose steroid courses: neither a trial nor a red flag
 
 
 @dataclass(frozen=True)
@@ -223,8 +246,9 @@ def assess_therapy(
         c.weeks is not None and c.weeks >= thresholds.nsaid_trial_weeks for c in nsaids
     )
     found_trial = nsaid_adequate or bool(steroids) or bool(evidence.physical_therapy)
+    unknown_length = () if found_trial else tuple(c for c in nsaids if c.weeks is None)
     therapy_known = evidence.is_known(*MEDICATION_TYPES, "Procedure", "ServiceRequest")
-    adequate: bool | None = True if found_trial else (False if therapy_known else None)
+    adequate: bool | None = True if found_trial else (False if therapy_known and not unknown_length else None)
     active = episode.active or not conditions_known
     failed = _and3(duration_met, adequate, active)
     draft_candidacy = any(o.kind in ("procedure", "referral") for o in orders)
@@ -245,6 +269,8 @@ def assess_therapy(
         failed=failed,
         radicular=episode.radicular,
         candidate=candidate,
+        unknown_length=unknown_length,
+        maintenance=tuple(c for c in evidence.courses if c.kind == "maintenance" and in_episode(c)),
     )
 
 
@@ -345,7 +371,8 @@ def _baseline_variants(
     uncomplicated = 1 if early else 2
     radicular = therapy.radicular or bool(order.reason_concepts & rules.radicular_concepts)
     if therapy.failed is False:
-        return (uncomplicated,), ()
+        # A motor deficit asks for prompt MRI (ACP/APS 2007): never rated on a variant 1-2 basis alone.
+        return ((uncomplicated, 3) if motor_deficits(evidence, order, rules) else (uncomplicated,)), ()
     unknown: list[str] = []
     if therapy.failed is None:
         unknown = [
@@ -360,6 +387,17 @@ def _baseline_variants(
     return (2, 3), tuple(unknown)
 
 
+def motor_deficits(evidence: Evidence, order: DraftOrder, rules: ClinicalRules) -> tuple[Finding, ...]:
+    """Motor deficits of the current episode on record, or named in the order's own reason."""
+    reasons = tuple(f for f in order.reasons if (role := rules.role(f.concept)) and role.role == "motor_deficit")
+    return evidence.motor_deficits + reasons
+
+
+def is_child(evidence: Evidence, rules: ClinicalRules) -> bool:
+    """The ACR Low Back Pain criteria are for adults (ACR has a separate Back Pain, Child topic)."""
+    return evidence.age is not None and evidence.age < rules.thresholds.adult_age
+
+
 # ------------------------------------------------------------------------------------------------ orders
 def _decide_order(
     order: DraftOrder,
@@ -370,7 +408,7 @@ def _decide_order(
     today: date,
 ) -> OrderDecision:
     if order.kind == "imaging" and order.procedure_key is not None:
-        return _decide_imaging(order, order.procedure_key, evidence, therapy, rules, today)
+        return _decide_imaging(order, order.procedure_key, evidence, orders, therapy, rules, today)
     if _shows_back_pain_question(order, rules):
         return _decide_therapy_order(order, evidence, orders, therapy, rules, today)
     # Non-lumbar imaging and unrelated orders: other criteria may apply; this service says nothing.
@@ -390,6 +428,7 @@ def _decide_imaging(
     order: DraftOrder,
     key: str,
     evidence: Evidence,
+    orders: tuple[DraftOrder, ...],
     therapy: TherapyAssessment,
     rules: ClinicalRules,
     today: date,
@@ -399,29 +438,46 @@ def _decide_imaging(
         # Known record, no back pain, sciatica or radiculopathy anywhere: the LBP criteria do not apply.
         return OrderDecision(order, Rating("no-criteria-apply", None, ()), None, ())
     variants = assess_variants(evidence, therapy, order, rules)
-    rating = rate(key, variants.possible, rules)
     contrast_concerns = _contrast_concerns(evidence, rules, today)
-    selected_category = rules.acr_category(key, variants.driving) if variants.driving is not None else None
     concerns: list[Concern] = []
-
-    variant_concern = _variant_concern(
-        order, key, variants, therapy, selected_category, (*contrast_concerns, *evidence.pregnancy), rules
-    )
-    if variant_concern is not None:
-        concerns.append(variant_concern)
-    duplicate = _duplicate_mri(order, key, evidence, variants, rules, today)
-    if duplicate is not None:
-        concerns.append(duplicate)
+    contrast_card = key in CONTRAST_MRI_KEYS and bool(contrast_concerns)
+    pregnancy_card = key in PREGNANCY_CONCERN_KEYS and bool(evidence.pregnancy)
+    if is_child(evidence, rules):
+        rating: Rating | None = Rating("no-criteria-apply", None, ())
+        selected_category = None
+        concerns.extend(_child_concerns(order, key, orders, variants, rules))
+    else:
+        rating = rate(key, variants.possible, rules)
+        selected_category = rules.acr_category(key, variants.driving) if variants.driving is not None else None
+        if selected_category is None and rating is not None:
+            selected_category = rating.category  # the category that holds in every variant still possible
+        # Contrast and pregnancy concerns with a card of their own are not repeated on the red-flag card.
+        unsafe = (*contrast_concerns, *evidence.pregnancy)
+        uncarded = (*(() if contrast_card else contrast_concerns), *(() if pregnancy_card else evidence.pregnancy))
+        variant_concern = _variant_concern(
+            order, key, variants, therapy, selected_category, unsafe, uncarded, evidence, rules
+        )
+        if variant_concern is not None:
+            concerns.append(variant_concern)
+        motor = _motor_concern(order, key, variants, evidence, rules, selected_category)
+        if motor is not None:
+            concerns.append(motor)
+        duplicate = _duplicate_mri(order, key, evidence, variants, rules, today)
+        if duplicate is not None:
+            concerns.append(duplicate)
     if key in MRI_KEYS and evidence.implants:
         # MRI stays appropriate (it is only a safety question), so CT myelography is an option, not a recommendation.
         ct_myelography = _proposal("ct_myelography", "update", variants, rules, "CT_MYELO_LSPINE")
         concerns.append(Concern("mr_implant", order.reference, (ct_myelography,), evidence.implants))
     to_mri_without_contrast = (_proposal("convert", "update", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True),)
-    if key in CONTRAST_MRI_KEYS and contrast_concerns:
+    if contrast_card:
         concerns.append(Concern("contrast_safety", order.reference, to_mri_without_contrast, contrast_concerns))
-    if key in PREGNANCY_CONCERN_KEYS and evidence.pregnancy:
+    if pregnancy_card:
         concerns.append(Concern("pregnancy", order.reference, to_mri_without_contrast, evidence.pregnancy))
-    missing = list(variants.unknown_sources)
+    if key == MRI_WITHOUT_CONTRAST and _drafted_before(order, orders):
+        remove = Proposal("remove", "delete", recommended=True)
+        concerns.append(Concern("duplicate_draft", order.reference, (remove,)))
+    missing = list(variants.unknown_sources) if rating is None or rating.code != "no-criteria-apply" else []
     if key in MRI_KEYS and "Device" in evidence.unknown_types:
         missing.append("Device")
     if key in CONTRAST_KEYS:
@@ -432,7 +488,31 @@ def _decide_imaging(
     no_recent_egfr = (
         key in CONTRAST_KEYS and evidence.is_known("Observation") and _recent_egfr(evidence, rules, today) is None
     )
+    concerns = [_without_drafted_mri(concern, order, orders) for concern in concerns]
     return OrderDecision(order, rating, variants, tuple(concerns), no_recent_egfr, selected_category)
+
+
+def _drafted_before(order: DraftOrder, orders: tuple[DraftOrder, ...]) -> bool:
+    """An MRI lumbar without contrast already among the drafts, before this one (order-sign: one of them is enough)."""
+    for other in orders:
+        if other.reference == order.reference:
+            return False
+        if other.procedure_key == MRI_WITHOUT_CONTRAST:
+            return True
+    return False
+
+
+def _without_drafted_mri(concern: Concern, order: DraftOrder, orders: tuple[DraftOrder, ...]) -> Concern:
+    """No suggestion creates or converts to an MRI lumbar without contrast already drafted: remove this one instead."""
+    drafted = any(o.procedure_key == MRI_WITHOUT_CONTRAST and o.reference != order.reference for o in orders)
+    if not drafted or order.procedure_key == MRI_WITHOUT_CONTRAST:
+        return concern
+    kept = [p for p in concern.proposals if p.procedure_key != MRI_WITHOUT_CONTRAST or p.action == "delete"]
+    if len(kept) == len(concern.proposals):
+        return concern
+    if order.kind == "imaging" and not any(p.action == "delete" for p in kept):
+        kept.append(Proposal("remove_duplicate", "delete", recommended=not any(p.recommended for p in kept)))
+    return dataclasses.replace(concern, proposals=tuple(kept))
 
 
 def rate(key: str, possible: tuple[int, ...], rules: ClinicalRules) -> Rating | None:
@@ -449,6 +529,11 @@ def rate(key: str, possible: tuple[int, ...], rules: ClinicalRules) -> Rating | 
     # UA in one possible variant and MBA in another: "may be appropriate" is what holds in all of them.
     category: AcrCategory = categories[0] if len(set(categories)) == 1 else "MBA"
     return Rating(codes.pop(), category, possible)
+
+
+def _holds_everywhere(key: str, possible: tuple[int, ...], rules: ClinicalRules) -> bool:
+    """True when ``key`` is usually appropriate in every variant still possible: suggesting it then stands."""
+    return bool(possible) and all(rules.acr_category(key, variant) == "UA" for variant in possible)
 
 
 def _proposal(
@@ -474,16 +559,17 @@ def _variant_concern(
     therapy: TherapyAssessment,
     selected_category: AcrCategory | None,
     unsafe: tuple[Finding, ...],
+    uncarded: tuple[Finding, ...],
+    evidence: Evidence,
     rules: ClinicalRules,
 ) -> Concern | None:
-    """The card of the driving variant (red flag, failed therapy, candidacy or conservative care)."""
+    """The card of the driving variant (red flag, failed therapy, candidacy or conservative care).
+
+    ``unsafe``: contrast and pregnancy concerns, which take contrast studies out of the suggestions;
+    ``uncarded``: those of them without a card of their own, which the red-flag card then names.
+    """
     driving = variants.driving
-    # A finding can support several variants (long-term steroids: 7 and 6); cite each resource once.
-    cited: dict[str, Finding] = {}
-    for variant in RED_FLAG_VARIANTS:
-        for finding in variants.flags.get(variant, ()):
-            cited.setdefault(finding.reference if finding.reference != order.reference else finding.concept, finding)
-    all_flags = tuple(cited.values())
+    all_flags = _cited_flags(variants, order)
     if driving == 4:
         if selected_category == "UA":
             # Keep the usually appropriate order, made urgent; a card never asks to replace it.
@@ -494,8 +580,7 @@ def _variant_concern(
         return Concern("cauda_equina", order.reference, urgent, all_flags)
     if driving is not None and driving in _VARIANT_CONCERN:
         kind: ConcernKind = _VARIANT_CONCERN[driving]
-        contrast_unsafe = bool(unsafe)
-        if driving == 7 and contrast_unsafe:
+        if driving == 7 and uncarded:
             kind = "cancer_infection_contrast_concern"
         proposals: tuple[Proposal, ...] = ()
         if selected_category != "UA":
@@ -503,27 +588,99 @@ def _variant_concern(
             if driving == 5 and therapy.radicular:
                 # Prior surgery with radicular symptoms: MRI is the main suggestion, radiographs the alternative.
                 alternatives = ["MR_LSPINE_WWO", "XR_LSPINE", MRI_WITHOUT_CONTRAST]
-            if contrast_unsafe:
+            if unsafe:
                 alternatives = [a for a in alternatives if a not in CONTRAST_KEYS]
             alternatives = [a for a in alternatives if a != key]
             proposals = tuple(
                 _proposal(SUGGESTION_OF_PROCEDURE[alt], "update", variants, rules, alt, recommended=index == 0)
                 for index, alt in enumerate(alternatives)
             )
-        return Concern(kind, order.reference, proposals, all_flags, safety=unsafe)
-    if variants.possible == (3,):
+        return Concern(kind, order.reference, proposals, all_flags, safety=uncarded)
+    possible = variants.possible
+    if 3 in possible and set(possible) <= _FAILED_THERAPY_OR_RED_FLAG and therapy.failed:
+        # Failed therapy; red flags unknown at most. MRI without contrast is usually appropriate in every variant
+        # still possible, so suggesting it stands even with data missing.
         if key == MRI_WITHOUT_CONTRAST or selected_category == "UA":
             return None  # already the usually appropriate order: rating only, no card
+        if not _holds_everywhere(MRI_WITHOUT_CONTRAST, possible, rules):
+            return None
         convert = _proposal("convert", "update", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True)
         return Concern("failed_therapy_convert", order.reference, (convert,))
-    if variants.possible == (2, 3):
+    if motor_deficits(evidence, order, rules):
+        return None  # the motor deficit card speaks for this order
+    if therapy.unknown_length and therapy.failed is None and not variants.unknown_sources:
+        return Concern("trial_length_unknown", order.reference, findings=_course_findings(therapy.unknown_length))
+    if possible == (2, 3):
         return Concern("confirm_candidacy", order.reference)
-    if variants.possible in ((1,), (2,)):
+    if possible in ((1,), (2,)):
         under_threshold = therapy.symptom_weeks is not None and therapy.duration_met is False
-        kind_: ConcernKind = "conservative_care_first" if under_threshold else "no_documented_therapy"
         remove = Proposal("remove", "delete", recommended=True)
-        return Concern(kind_, order.reference, (remove,))
+        if under_threshold:
+            return Concern("conservative_care_first", order.reference, (remove,))
+        tried = therapy.nsaid_courses or therapy.steroid_courses or evidence.uncounted_medications
+        return Concern("inadequate_therapy" if tried else "no_documented_therapy", order.reference, (remove,))
     return None
+
+
+_FAILED_THERAPY_OR_RED_FLAG = frozenset({3, 4, 5, 6, 7})
+
+
+def _cited_flags(variants: VariantAssessment, order: DraftOrder) -> tuple[Finding, ...]:
+    # A finding can support several variants (long-term steroids: 7 and 6); cite each resource once.
+    cited: dict[str, Finding] = {}
+    for variant in RED_FLAG_VARIANTS:
+        for finding in variants.flags.get(variant, ()):
+            cited.setdefault(finding.reference if finding.reference != order.reference else finding.concept, finding)
+    return tuple(cited.values())
+
+
+def _course_findings(courses: tuple[MedicationCourse, ...]) -> tuple[Finding, ...]:
+    return tuple(Finding("nsaid_course", c.reference, c.start, c.ingredient) for c in courses)
+
+
+def _motor_concern(
+    order: DraftOrder,
+    key: str,
+    variants: VariantAssessment,
+    evidence: Evidence,
+    rules: ClinicalRules,
+    selected_category: AcrCategory | None,
+) -> Concern | None:
+    """A motor deficit and no red flag driving: prompt MRI lumbar without contrast, priority urgent."""
+    deficits = motor_deficits(evidence, order, rules)
+    if not deficits or variants.driving in RED_FLAG_VARIANTS:
+        return None
+    if key == MRI_WITHOUT_CONTRAST:
+        keep = _proposal("keep_urgent", "update", variants, rules, key, "urgent", True)
+        proposals: tuple[Proposal, ...] = () if order.priority in ("urgent", "asap", "stat") else (keep,)
+    else:
+        proposals = (_proposal("convert_urgent", "update", variants, rules, MRI_WITHOUT_CONTRAST, "urgent", True),)
+    return Concern("motor_deficit", order.reference, proposals, deficits)
+
+
+def _child_concerns(
+    order: DraftOrder,
+    key: str,
+    orders: tuple[DraftOrder, ...],
+    variants: VariantAssessment,
+    rules: ClinicalRules,
+) -> list[Concern]:
+    """Under 18 the adult criteria do not apply (one card per request); red flags keep a card, without ACR words."""
+    concerns: list[Concern] = []
+    first_imaging = next((o for o in orders if o.selected and o.kind == "imaging"), order)
+    if first_imaging.reference == order.reference:
+        concerns.append(Concern("child_criteria", order.reference))
+    flags = _cited_flags(variants, order)
+    if variants.flags.get(4):
+        if key == MRI_WITHOUT_CONTRAST:
+            keep = _proposal("keep_urgent", "update", None, rules, key, "stat", True)
+            urgent: tuple[Proposal, ...] = () if order.priority == "stat" else (keep,)
+        else:
+            urgent = (_proposal("convert_urgent", "update", None, rules, MRI_WITHOUT_CONTRAST, "stat", True),)
+        concerns.append(Concern("child_cauda_equina", order.reference, urgent, flags))
+    elif flags and any(f.concept != "advanced_age" for f in flags):
+        concerns.append(Concern("child_red_flag", order.reference, (), flags))
+    return concerns
 
 
 def _duplicate_mri(
@@ -542,6 +699,7 @@ def _duplicate_mri(
         return None
     since = recent.performed or today
     flags = [f for found in variants.flags.values() for f in found if f.concept != "advanced_age"]
+    flags += [f for f in evidence.motor_deficits]
     # An undated red flag may be new: do not call the order a duplicate then.
     if any(f.recorded is None or f.recorded > since for f in flags):
         return None
@@ -570,18 +728,31 @@ def _decide_therapy_order(
     rules: ClinicalRules,
     today: date,
 ) -> OrderDecision:
-    """NSAID/steroid courses, injections and referrals: a card only for cauda equina and the V3 "create MRI" row."""
+    """NSAID/steroid courses, injections and referrals: a card for cauda equina, a motor deficit and failed therapy."""
     if not evidence.episode.findings and not (order.reason_concepts & rules.indication_concepts):
         return OrderDecision(order, None, None, ())  # not the back-pain question
     variants = assess_variants(evidence, therapy, order, rules)
     mri_drafted = any(o.procedure_key in MRI_KEYS for o in orders)
+    child = is_child(evidence, rules)
     if variants.driving == 4:
         create_urgent = _proposal("create_urgent", "create", variants, rules, MRI_WITHOUT_CONTRAST, "stat", True)
         proposals = () if mri_drafted else (create_urgent,)
-        concern = Concern("cauda_equina", order.reference, proposals, variants.flags.get(4, ()))
+        kind: ConcernKind = "child_cauda_equina" if child else "cauda_equina"
+        concern = Concern(kind, order.reference, proposals, variants.flags.get(4, ()))
         return OrderDecision(order, None, variants, (concern,))
+    if child:
+        return OrderDecision(order, None, variants, ())
+    deficits = motor_deficits(evidence, order, rules)
+    if deficits and variants.driving not in RED_FLAG_VARIANTS:
+        create = _proposal("create_urgent", "create", variants, rules, MRI_WITHOUT_CONTRAST, "urgent", True)
+        proposals = () if mri_drafted else (create,)
+        return OrderDecision(order, None, variants, (Concern("motor_deficit", order.reference, proposals, deficits),))
+    possible = variants.possible
     if (
-        variants.possible == (3,)
+        3 in possible
+        and set(possible) <= _FAILED_THERAPY_OR_RED_FLAG
+        and therapy.failed
+        and _holds_everywhere(MRI_WITHOUT_CONTRAST, possible, rules)
         and not mri_drafted
         and evidence.any_known(*_IMAGING_TYPES)
         and _recent_mri(evidence, rules, today) is None

@@ -66,6 +66,7 @@ class Thresholds:
     long_term_steroid_months: int = 3  # use at least this long is long-term: a red flag, not a trial
     prior_mri_lookback_months: int = 12  # a lumbar MRI within this window makes a new one a duplicate
     fracture_risk_age: int = 70  # age at or above which fracture risk applies (ACR variant 6 "elderly")
+    adult_age: int = 18  # below this age the adult Low Back Pain criteria do not apply
     current_finding_lookback_days: int = 90  # fever, recent infection, trauma, temperature, eGFR
     fever_celsius: float = 38.0
     egfr_contrast_limit: float = 30.0  # eGFR below this is a gadolinium safety concern

@@ -55,13 +55,14 @@ REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "cauda_equina", "cancer_infection", "cancer_infection_contrast_concern", "fracture_risk", "prior_surgery",
     "failed_therapy_convert", "failed_therapy_create", "confirm_candidacy", "conservative_care_first",
     "no_documented_therapy", "duplicate_mri", "mr_implant", "contrast_safety", "pregnancy", "data_missing",
-    "data_missing_rated",
+    "data_missing_rated", "inadequate_therapy", "trial_length_unknown", "motor_deficit", "duplicate_draft",
+    "child_criteria", "child_red_flag", "child_cauda_equina",
 )  # fmt: skip
 # The sections of cards.json "terms" the clinical engine's renderer reads (cds_service/clinical/cards.py).
 TERM_SECTIONS: Final[tuple[str, ...]] = (
     "procedures", "ratings", "categories", "rating_action", "rating_action_no_category", "order_kinds",
     "missing_types", "missing_many", "evidence", "not_counted", "concerns", "order_notes", "durations", "concepts",
-    "suggestion_labels", "urgent_procedure", "order_category",
+    "suggestion_labels", "urgent_procedure", "urgent_priority_procedure", "order_category", "headings",
 )  # fmt: skip
 # Placeholders the renderer fills in term texts.
 _TERM_PLACEHOLDERS: Final = frozenset(
@@ -650,6 +651,8 @@ def _load_cards(directory: Path, problems: _Problems, roles: Mapping[str, Concep
             problems.add(file, f"card {role.concern!r} is missing (the safety concern of concept {role.key!r})")
     for name, card in cards.items():
         _check_card(file, name, card, summary_limits, detail_names, reasons, references, problems)
+    for name, suggestion in (data.get("shared_suggestions") or {}).items():
+        _check_text(file, f"shared suggestion {name!r}", suggestion.get("description", ""), detail_names, problems)
     for name, phrase in (data.get("phrases") or {}).items():
         _check_text(file, f"phrase {name!r}", phrase, detail_names, problems)
     _check_acr_category_coding(file, data.get("acr_category_coding"), problems)
