@@ -30,11 +30,13 @@ from cds_service.errors import (
     UnsupportedMediaType,
 )
 from cds_service.feedback import parse_feedback
+from cds_service.logs import clear_hook_instance, without_resource_ids
 from cds_service.metrics import (
     AUDIT_DROPPED,
     AUTH_FAILURES,
     CARDS,
     FEEDBACK,
+    FEEDBACK_STORED,
     FHIR_FETCHES,
     LATENCY,
     RATINGS,
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     app.register_error_handler(CdsError, _cds_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
     app.register_error_handler(Exception, _unexpected_error_response)
+    app.before_request(clear_hook_instance)  # server threads are reused: no line may carry a previous hookInstance
     app.before_request(_start_timer)
     app.before_request(_authenticate)
     app.after_request(_finish)
@@ -124,7 +127,9 @@ def call_service(service_id: str) -> Response:
     body = _json_body(parts.settings)
     client: TrustedClient | None = g.get("cds_client")
     allowed = client.fhir_servers if client else parts.settings.fhir_servers
-    result = parts.services.call(definition, body, now=datetime.now(UTC), allowed_fhir_servers=allowed)
+    result = parts.services.call(
+        definition, body, now=datetime.now(UTC), allowed_fhir_servers=allowed, request_url_root=request.url_root
+    )
 
     cards = result.evaluation.response.cards
     for card in cards:
@@ -137,13 +142,14 @@ def call_service(service_id: str) -> Response:
         "hookInstance": result.request.hook_instance,
         "cards": len(cards),
         "ratings": [rating.rating for rating in result.evaluation.ratings],
-        "unavailable": list(result.unavailable),
+        "unavailable": dict(result.unavailable),  # type -> why (no token, no patient id)
         "dataWarnings": len(result.evaluation.warnings),
         "data_ms": round(result.data_ms, 2),
         "engine_ms": round(result.engine_ms, 2),
     }
     for warning in result.evaluation.warnings:
-        log.warning("data quality: %s", warning, extra={"fields": {"hookInstance": result.request.hook_instance}})
+        # The response names the resource ("Condition/c9 skipped: ..."); the log keeps its type only.
+        log.warning("data quality: %s", without_resource_ids(warning))
     return Response(orjson.dumps(result.body), mimetype=JSON_MIMETYPE)
 
 
@@ -162,6 +168,7 @@ def feedback(service_id: str) -> Response:
         raise
     for item in items:
         FEEDBACK.labels(service_id, item.outcome).inc()
+    FEEDBACK_STORED.labels(service_id).inc(new)  # the reply's "stored": a repeated item is stored (and counted) once
     g.log_fields = {"feedbackItems": len(items), "feedbackNew": new}
     return Response(orjson.dumps({"received": len(items), "stored": new}), mimetype=JSON_MIMETYPE)
 
@@ -261,8 +268,8 @@ def _finish(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
 
-    endpoint = request.endpoint or "unknown"
-    service_id = (request.view_args or {}).get("service_id", "")
+    endpoint, view_args = _route()
+    service_id = view_args.get("service_id", "")
     if endpoint.startswith("cds.") and request.method != "OPTIONS":
         known_service = service_id if components().registry.get(service_id) else ("" if not service_id else "unknown")
         REQUESTS.labels(endpoint.removeprefix("cds."), known_service, str(response.status_code)).inc()
@@ -281,6 +288,22 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _route() -> tuple[str, Mapping[str, Any]]:
+    """The endpoint and path arguments of this request, also when routing refused its method (a 405 is counted and
+    logged under the route it was sent to)."""
+    if request.endpoint is not None:
+        return request.endpoint, request.view_args or {}
+    refused = request.routing_exception
+    if isinstance(refused, HTTPException) and refused.code == 405:
+        methods = getattr(refused, "valid_methods", None) or ()
+        try:
+            endpoint, view_args = current_app.url_map.bind_to_environ(request.environ).match(method=next(iter(methods)))
+        except (HTTPException, StopIteration):
+            return "unknown", {}
+        return str(endpoint), view_args
+    return "unknown", {}
+
+
 def _error_body(error: CdsError) -> Response:
     response = Response(
         orjson.dumps(error.to_operation_outcome()), status=error.status, mimetype="application/fhir+json"
@@ -297,6 +320,8 @@ def _cds_error_response(error: CdsError) -> Response:
         log.warning("authentication refused: %s", error.reason, extra={"fields": {"path": request.path}})
     else:
         g.log_fields = {"error": error.code, "errorAt": error.expression}
+        if error.loggable:  # built by the service (no client values): the log says what the client was told
+            g.log_fields["diagnostics"] = error.message
     return _error_body(error)
 
 

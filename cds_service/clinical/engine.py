@@ -98,15 +98,22 @@ class ClinicalEngine:
         overrides = config.get("thresholds") if isinstance(config, Mapping) else None
         return cls(loaded, thresholds_with_overrides(loaded.thresholds, overrides))
 
-    def evaluate(self, request: HookRequest, record: PatientRecord, *, now: datetime) -> Evaluation:
-        """Evaluate one request. Raises PreconditionFailed only when nothing at all can be determined."""
+    def evaluate(
+        self, request: HookRequest, record: PatientRecord, *, now: datetime, qcdsm_uri: str | None = None
+    ) -> Evaluation:
+        """Evaluate one request. Raises PreconditionFailed only when nothing at all can be determined.
+
+        ``qcdsm_uri`` is the value of every rating's ``pama-rating-qcdsm-consulted`` extension.
+        """
         extraction = self._reader.read(record, request.draft_orders, request.selections, now)
         decision = decide(extraction.facts, extraction.orders, self.thresholds, now.date(), self._acr_category)
         if decision.needs_data and not decision.determined_anything and not extraction.facts.is_known("Condition"):
             # Without the problem list nothing about the patient is known (PRODUCT.md §4.2: 412 only then).
             missing = sorted({t for o in decision.orders for c in o.concerns for t in c.missing_types})
+            # Each type with why it is missing (the FHIR server refused the token, is not allowed ...).
             raise PreconditionFailed(
-                "Patient data needed to rate the order could not be obtained: " + ", ".join(missing)
+                "Patient data needed to rate the order could not be obtained: "
+                + (record.describe_unavailable(missing) or ", ".join(missing))
             )
         context = RenderContext(
             hook_instance=request.hook_instance,
@@ -115,9 +122,12 @@ class ClinicalEngine:
             encounter_id=request.encounter_id,
             user_id=request.user_id,
             today=now.date(),
+            qcdsm_uri=qcdsm_uri,
         )
         cards, actions = self._renderer.render(decision, extraction.facts, context)
-        response = CdsResponse(cards=cards, system_actions=actions, extension=_data_quality(extraction))
+        response = CdsResponse(
+            cards=cards, system_actions=actions, extension=_data_quality(extraction, record.warnings)
+        )
         return Evaluation(
             response=response,
             ratings=self._rating_records(decision, request.session_key),
@@ -164,9 +174,11 @@ class ClinicalEngine:
         return tuple(records)
 
 
-def _data_quality(extraction: Extraction) -> Mapping[str, Any]:
-    """Skipped resources as an OperationOutcome-style warning in the response extension."""
-    if not extraction.skipped:
+def _data_quality(extraction: Extraction, record_warnings: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """Skipped resources, and results the data path cut short, as OperationOutcome-style warnings in the response
+    extension."""
+    if not extraction.skipped and not record_warnings:
         return {}
     issues = [{"severity": "warning", "code": "invalid", "diagnostics": note} for note in extraction.skipped]
+    issues += [{"severity": "warning", "code": "incomplete", "diagnostics": note} for note in record_warnings]
     return {DATA_QUALITY_KEY: {"resourceType": "OperationOutcome", "issue": issues}}
