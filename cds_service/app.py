@@ -30,7 +30,7 @@ from cds_service.errors import (
     UnsupportedMediaType,
 )
 from cds_service.feedback import parse_feedback
-from cds_service.logs import clear_hook_instance, without_resource_ids
+from cds_service.logs import bind_hook_instance, clear_hook_instance, peek_hook_instance, without_resource_ids
 from cds_service.metrics import (
     AUDIT_DROPPED,
     AUTH_FAILURES,
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     app.register_error_handler(CdsError, _cds_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
     app.register_error_handler(Exception, _unexpected_error_response)
-    app.before_request(clear_hook_instance)  # server threads are reused: no line may carry a previous hookInstance
+    app.before_request(_bind_log_context)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
     app.after_request(_finish)
@@ -241,6 +241,17 @@ def _count_audit_drop(reason: str, count: int) -> None:
 
 def _start_timer() -> None:
     g.started = time.perf_counter()
+
+
+def _bind_log_context() -> None:
+    """Server threads are reused: forget the previous request's hookInstance, and take a service call's own from its
+    raw body, so that the lines written before the body is parsed (authentication, a 401) carry it too."""
+    clear_hook_instance()
+    if request.endpoint != "cds.call_service" or request.method != "POST":
+        return
+    length = request.content_length
+    if length is not None and length <= components().settings.max_body_bytes:
+        bind_hook_instance(peek_hook_instance(request.get_data(cache=True)))
 
 
 def _authenticate() -> None:

@@ -114,6 +114,9 @@ def reason_http_status(status: int, token_sent: bool) -> str:
 
 
 def reason_pages_cut(pages: int) -> str:
+    """The reason for results cut short by the page bound: what was not read is unknown."""
+    if pages == 1:
+        return "only the first page of results was read"
     return f"only the first {pages} pages of results were read"
 
 

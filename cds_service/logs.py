@@ -33,6 +33,10 @@ _HOOK_INSTANCE_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 # A FHIR reference "Type/id": ids are patient-linked, so log lines keep the type only.
 _REFERENCE = re.compile(r"\b([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
 
+# The member as it appears in a raw request body, searched before the body is parsed (see peek_hook_instance).
+_HOOK_INSTANCE_MEMBER = re.compile(rb'"hookInstance"\s*:\s*"([A-Za-z0-9._:-]{1,100})"')
+_PEEK_BYTES = 64 * 1024
+
 _hook_instance: contextvars.ContextVar[str | None] = contextvars.ContextVar("cds_hook_instance", default=None)
 
 
@@ -48,6 +52,17 @@ def bind_hook_instance(value: object) -> None:
         _hook_instance.set(value)
     else:
         _hook_instance.set("(invalid)")
+
+
+def peek_hook_instance(raw: bytes) -> str | None:
+    """The hookInstance of a raw request body, found without parsing it (in its first 64 KiB).
+
+    For the lines written before the body is parsed and validated (client authentication, a 401): the
+    value is only a log correlation key, so a body that is malformed, or a member that appears twice,
+    costs nothing but a missing or misleading key on those lines.
+    """
+    match = _HOOK_INSTANCE_MEMBER.search(raw, 0, _PEEK_BYTES)
+    return match.group(1).decode("ascii") if match else None
 
 
 def clear_hook_instance() -> None:
