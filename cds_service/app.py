@@ -330,10 +330,15 @@ def _cds_error_response(error: CdsError) -> Response:
         # The reason is logged for operators; the client learns nothing about why.
         log.warning("authentication refused: %s", error.reason, extra={"fields": {"path": request.path}})
     else:
-        g.log_fields = {"error": error.code, "errorAt": error.expression}
-        if error.loggable:  # built by the service (no client values): the log says what the client was told
-            g.log_fields["diagnostics"] = error.message
+        _note_error(error)
     return _error_body(error)
+
+
+def _note_error(error: CdsError) -> None:
+    """The request's log line names the cause: what the client was told, when that holds no client values."""
+    g.log_fields = {"error": error.code, "errorAt": error.expression}
+    if error.loggable:
+        g.log_fields["diagnostics"] = error.message
 
 
 _HTTP_ERRORS: dict[int, type[CdsError]] = {
@@ -357,6 +362,7 @@ def _http_error_response(error: HTTPException) -> Response:
         typed = _HTTP_ERRORS[status](error.description or "bad request")
     else:
         typed = BadRequest(error.description or "bad request") if 400 <= status < 500 else InternalError("error")
+    _note_error(typed)
     return _error_body(typed)
 
 
