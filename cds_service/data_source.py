@@ -88,6 +88,8 @@ REASON_NOT_FHIR: Final = "the FHIR server's answer was not FHIR JSON"
 REASON_REDIRECT: Final = "the FHIR server redirected to another host"
 REASON_TOO_LARGE: Final = "the FHIR server's answer was too large"
 REASON_SHUTTING_DOWN: Final = "the service was shutting down"
+REASON_EHR_OUTCOME: Final = "the EHR could not provide it (it sent an OperationOutcome instead)"
+REASON_SERVER_OUTCOME: Final = "the FHIR server could not provide it (it answered with an OperationOutcome)"
 # What an HTTP error status most likely means for the service's queries (a hint for the integrator).
 _STATUS_HINTS: Final = {
     400: "query refused",
@@ -97,6 +99,7 @@ _STATUS_HINTS: Final = {
     429: "too many requests",
 }
 _MAX_SHOWN_URL: Final = 200
+_ISSUE_CODE: Final = re.compile(r"[a-z-]{1,40}")  # http://hl7.org/fhir/issue-type codes
 
 
 def reason_timeout(seconds: float) -> str:
@@ -544,7 +547,9 @@ class FhirDataSource:
             result.unavailable = f"the prefetch value for {key} is not a FHIR resource"
             return result, None
         if value["resourceType"] == "OperationOutcome":
-            result.unavailable = f"the EHR could not provide {key}"
+            # The EHR's own reason (diagnostics) may name the patient: only the issue code goes further.
+            result.unavailable = REASON_EHR_OUTCOME
+            result.detail = f"the EHR answered prefetch {key} with an OperationOutcome{_issue_codes(value)}"
             return result, None
         if value["resourceType"] != "Bundle":
             result.resources.append(value)
@@ -605,7 +610,8 @@ class FhirDataSource:
                 if not _is_resource(body):
                     raise _FetchFailed("error", REASON_NOT_FHIR, status)
                 if body["resourceType"] == "OperationOutcome":
-                    raise _FetchFailed("error", f"the FHIR server could not provide {result.key}", status)
+                    detail = f"the FHIR server answered with an OperationOutcome{_issue_codes(body)}"
+                    raise _FetchFailed("error", REASON_SERVER_OUTCOME, status, detail)
                 pages += 1
                 if body["resourceType"] != "Bundle":
                     result.resources.append(body)
@@ -780,6 +786,17 @@ def _mark_partial(result: _KeyResult, reason: str, detail: str | None = None) ->
     result.unavailable = reason
     result.detail = detail if detail != reason else None
     result.warnings.append(f"{result.resource_type or result.key}: {reason}; the rest is unknown")
+
+
+def _issue_codes(outcome: Mapping[str, Any]) -> str:
+    """`` (issue: not-found)``: the codes of an OperationOutcome's issues (a FHIR value set, so safe to show)."""
+    issues = outcome.get("issue")
+    codes = [
+        code
+        for issue in (issues if isinstance(issues, list) else [])
+        if isinstance(issue, dict) and isinstance(code := issue.get("code"), str) and _ISSUE_CODE.fullmatch(code)
+    ]
+    return f" (issue: {', '.join(dict.fromkeys(codes))})" if codes else ""
 
 
 def _host_of(url: str) -> str:

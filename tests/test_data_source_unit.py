@@ -236,7 +236,9 @@ def test_bundle_entries_are_grouped_by_their_own_type(source: FhirDataSource) ->
 def test_operation_outcome_makes_the_type_unavailable(source: FhirDataSource, rsps: responses.RequestsMock) -> None:
     prefetch = {"patient": PATIENT, "conditions": OUTCOME, "medicationRequests": None}
     record = source.resolve(TEMPLATES, make_request(prefetch), [BASE])
-    assert record.unavailable == {"Condition": "the EHR could not provide conditions"}
+    assert record.unavailable == {"Condition": "the EHR could not provide it (it sent an OperationOutcome instead)"}
+    detail = "the EHR answered prefetch conditions with an OperationOutcome (issue: timeout)"
+    assert record.detail("Condition") == detail
     assert not record.is_known("Condition")
     assert record.is_known("MedicationRequest")
     assert len(rsps.calls) == 0  # the EHR said it could not: the service does not re-query
@@ -597,7 +599,7 @@ def test_user_template_is_fetched_by_its_rendered_type(source: FhirDataSource, r
         ({"body": "{not json", "content_type": "application/fhir+json"}, REASON_NOT_FHIR),
         ({"json": [1, 2]}, REASON_NOT_FHIR),
         ({"json": {"entry": []}}, REASON_NOT_FHIR),
-        ({"json": OUTCOME}, "the FHIR server could not provide conditions"),
+        ({"json": OUTCOME}, "the FHIR server could not provide it (it answered with an OperationOutcome)"),
         ({"body": requests.ConnectionError("refused")}, REASON_UNREACHABLE),
         ({"body": requests.ReadTimeout("slow")}, reason_timeout(2.0)),
         ({"status": 204}, "the FHIR server answered 204 to the service's queries"),
