@@ -35,7 +35,9 @@ _REFERENCE = re.compile(r"\b([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
 
 # The member as it appears in a raw request body, searched before the body is parsed (see peek_hook_instance).
 _HOOK_INSTANCE_MEMBER = re.compile(rb'"hookInstance"\s*:\s*"([A-Za-z0-9._:-]{1,100})"')
-_PEEK_BYTES = 64 * 1024
+# Clients put hookInstance near the top (after "hook"); a body that puts it after the prefetch costs a scan of this
+# many bytes only (about 1 us), and its authentication lines go without it.
+_PEEK_BYTES = 4 * 1024
 
 _hook_instance: contextvars.ContextVar[str | None] = contextvars.ContextVar("cds_hook_instance", default=None)
 
@@ -55,7 +57,7 @@ def bind_hook_instance(value: object) -> None:
 
 
 def peek_hook_instance(raw: bytes) -> str | None:
-    """The hookInstance of a raw request body, found without parsing it (in its first 64 KiB).
+    """The hookInstance of a raw request body, found without parsing it (in its first 4 KiB).
 
     For the lines written before the body is parsed and validated (client authentication, a 401): the
     value is only a log correlation key, so a body that is malformed, or a member that appears twice,
