@@ -30,11 +30,13 @@ from cds_service.errors import (
     UnsupportedMediaType,
 )
 from cds_service.feedback import parse_feedback
+from cds_service.logs import bind_hook_instance, clear_hook_instance, peek_hook_instance, without_resource_ids
 from cds_service.metrics import (
     AUDIT_DROPPED,
     AUTH_FAILURES,
     CARDS,
     FEEDBACK,
+    FEEDBACK_STORED,
     FHIR_FETCHES,
     LATENCY,
     RATINGS,
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     app.register_error_handler(CdsError, _cds_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
     app.register_error_handler(Exception, _unexpected_error_response)
+    app.before_request(_bind_log_context)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
     app.after_request(_finish)
@@ -124,7 +127,9 @@ def call_service(service_id: str) -> Response:
     body = _json_body(parts.settings)
     client: TrustedClient | None = g.get("cds_client")
     allowed = client.fhir_servers if client else parts.settings.fhir_servers
-    result = parts.services.call(definition, body, now=datetime.now(UTC), allowed_fhir_servers=allowed)
+    result = parts.services.call(
+        definition, body, now=datetime.now(UTC), allowed_fhir_servers=allowed, request_url_root=request.url_root
+    )
 
     cards = result.evaluation.response.cards
     for card in cards:
@@ -137,13 +142,14 @@ def call_service(service_id: str) -> Response:
         "hookInstance": result.request.hook_instance,
         "cards": len(cards),
         "ratings": [rating.rating for rating in result.evaluation.ratings],
-        "unavailable": list(result.unavailable),
+        "unavailable": dict(result.unavailable),  # type -> why (no token, no patient id)
         "dataWarnings": len(result.evaluation.warnings),
         "data_ms": round(result.data_ms, 2),
         "engine_ms": round(result.engine_ms, 2),
     }
     for warning in result.evaluation.warnings:
-        log.warning("data quality: %s", warning, extra={"fields": {"hookInstance": result.request.hook_instance}})
+        # The response names the resource ("Condition/c9 skipped: ..."); the log keeps its type only.
+        log.warning("data quality: %s", without_resource_ids(warning))
     return Response(orjson.dumps(result.body), mimetype=JSON_MIMETYPE)
 
 
@@ -162,6 +168,7 @@ def feedback(service_id: str) -> Response:
         raise
     for item in items:
         FEEDBACK.labels(service_id, item.outcome).inc()
+    FEEDBACK_STORED.labels(service_id).inc(new)  # the reply's "stored": a repeated item is stored (and counted) once
     g.log_fields = {"feedbackItems": len(items), "feedbackNew": new}
     return Response(orjson.dumps({"received": len(items), "stored": new}), mimetype=JSON_MIMETYPE)
 
@@ -236,6 +243,17 @@ def _start_timer() -> None:
     g.started = time.perf_counter()
 
 
+def _bind_log_context() -> None:
+    """Server threads are reused: forget the previous request's hookInstance, and take a service call's own from its
+    raw body, so that the lines written before the body is parsed (authentication, a 401) carry it too."""
+    clear_hook_instance()
+    if request.endpoint != "cds.call_service" or request.method != "POST":
+        return
+    length = request.content_length
+    if length is not None and length <= components().settings.max_body_bytes:
+        bind_hook_instance(peek_hook_instance(request.get_data(cache=True)))
+
+
 def _authenticate() -> None:
     if request.method == "OPTIONS" or request.endpoint not in PROTECTED_ENDPOINTS:
         return
@@ -261,8 +279,8 @@ def _finish(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
 
-    endpoint = request.endpoint or "unknown"
-    service_id = (request.view_args or {}).get("service_id", "")
+    endpoint, view_args = _route()
+    service_id = view_args.get("service_id", "")
     if endpoint.startswith("cds.") and request.method != "OPTIONS":
         known_service = service_id if components().registry.get(service_id) else ("" if not service_id else "unknown")
         REQUESTS.labels(endpoint.removeprefix("cds."), known_service, str(response.status_code)).inc()
@@ -281,6 +299,22 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _route() -> tuple[str, Mapping[str, Any]]:
+    """The endpoint and path arguments of this request, also when routing refused its method (a 405 is counted and
+    logged under the route it was sent to)."""
+    if request.endpoint is not None:
+        return request.endpoint, request.view_args or {}
+    refused = request.routing_exception
+    if isinstance(refused, HTTPException) and refused.code == 405:
+        methods = getattr(refused, "valid_methods", None) or ()
+        try:
+            endpoint, view_args = current_app.url_map.bind_to_environ(request.environ).match(method=next(iter(methods)))
+        except (HTTPException, StopIteration):
+            return "unknown", {}
+        return str(endpoint), view_args
+    return "unknown", {}
+
+
 def _error_body(error: CdsError) -> Response:
     response = Response(
         orjson.dumps(error.to_operation_outcome()), status=error.status, mimetype="application/fhir+json"
@@ -296,8 +330,15 @@ def _cds_error_response(error: CdsError) -> Response:
         # The reason is logged for operators; the client learns nothing about why.
         log.warning("authentication refused: %s", error.reason, extra={"fields": {"path": request.path}})
     else:
-        g.log_fields = {"error": error.code, "errorAt": error.expression}
+        _note_error(error)
     return _error_body(error)
+
+
+def _note_error(error: CdsError) -> None:
+    """The request's log line names the cause: what the client was told, when that holds no client values."""
+    g.log_fields = {"error": error.code, "errorAt": error.expression}
+    if error.loggable:
+        g.log_fields["diagnostics"] = error.message
 
 
 _HTTP_ERRORS: dict[int, type[CdsError]] = {
@@ -321,6 +362,7 @@ def _http_error_response(error: HTTPException) -> Response:
         typed = _HTTP_ERRORS[status](error.description or "bad request")
     else:
         typed = BadRequest(error.description or "bad request") if 400 <= status < 500 else InternalError("error")
+    _note_error(typed)
     return _error_body(typed)
 
 

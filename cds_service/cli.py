@@ -1,4 +1,4 @@
-"""The ``cds-service`` command: ``serve``, ``evaluate`` and ``check-config`` (PRODUCT.md §2.2)."""
+"""The ``cds-service`` command: ``serve``, ``evaluate`` and ``check-config``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cds_service import __version__
 from cds_service.errors import CdsError, ConfigurationError
 from cds_service.urls import is_loopback_host
 
@@ -21,6 +23,7 @@ log = logging.getLogger("cds_service.cli")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cds-service", description="CDS Hooks service for lumbar imaging orders")
+    parser.add_argument("--version", action="version", version=f"cds-service {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the production server (gunicorn)")
@@ -31,10 +34,17 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = commands.add_parser("evaluate", help="evaluate one CDS Hooks request offline and print the response")
     evaluate.add_argument("request", help="request JSON file, or - for standard input")
-    evaluate.add_argument("--now", help="evaluation time, ISO 8601 (default: the current time)")
+    evaluate.add_argument(
+        "--now", help="evaluation time, ISO 8601 (default: the current time; the HTTP service always uses the clock)"
+    )
     evaluate.add_argument("--service", help="service id (default: the service answering the request's hook)")
 
-    commands.add_parser("check-config", help="validate definitions, knowledge base and settings")
+    check = commands.add_parser("check-config", help="validate definitions, knowledge base and settings")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also reach the database, Redis and every trusted client's jwks_url, and say which one failed",
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args.host, args.port, args.workers, args.threads)
         if args.command == "evaluate":
             return _evaluate(args.request, args.now, args.service)
-        return _check_config()
+        return _check_config(connect=args.connect)
     except ConfigurationError as exc:
         print(f"cds-service: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -174,10 +184,10 @@ def _evaluate(path: str, now_text: str | None, service_id: str | None) -> int:
     return 0
 
 
-def _check_config() -> int:
-    from cds_service.clinical import ClinicalEngine
+def _check_config(*, connect: bool = False) -> int:
     from cds_service.knowledge import check_knowledge, load_knowledge
     from cds_service.registry import load_registry
+    from cds_service.service import build_engine
     from cds_service.settings import settings_from_env
 
     problems: list[str] = []
@@ -189,18 +199,150 @@ def _check_config() -> int:
     problems.extend(check_knowledge())
     print(f"knowledge base: version {knowledge.version}")
     for definition in registry:
-        ClinicalEngine.from_config(definition.config)
+        build_engine(definition, settings.hooks_dir)  # a bad _config names its definition file
     print("clinical engines: ok")
+    clients: tuple[Any, ...] = ()
     if settings.trusted_clients_path:
         from cds_service.security import load_trusted_clients
 
         clients = load_trusted_clients(settings.trusted_clients_path)
         print(f"trusted clients: ok ({len(clients)})")
+        problems.extend(_fhir_server_problems(settings.trusted_clients_path))
     else:
         print("trusted clients: none (open mode; serve binds only to loopback unless CDS_ALLOW_OPEN=1)")
+    if connect:
+        problems.extend(_connection_problems(settings, clients))
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _fhir_server_problems(trusted_clients_path: str) -> list[str]:
+    """A trusted client without "fhir_servers" gets no patient data the EHR did not prefetch: say so.
+
+    The key missing is reported as a problem (most likely forgotten); an explicit empty list is a choice (a client
+    that always sends complete prefetch) and gets a note only.
+    """
+    try:
+        entries = json.loads(Path(trusted_clients_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # load_trusted_clients has already accepted the file; nothing more to say
+    problems = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            continue
+        where = f"{trusted_clients_path}: client {entry.get('iss', f'#{index}')}"
+        if "fhir_servers" not in entry:
+            problems.append(
+                f"{where}: no \"fhir_servers\": the service will call no FHIR server for this client, so data its "
+                'requests do not prefetch is never obtained (list its FHIR base URLs, or set "fhir_servers": [] if '
+                "it always sends complete prefetch)"
+            )
+        elif entry["fhir_servers"] == []:
+            print(f"note: {where}: \"fhir_servers\" is empty: data it does not prefetch is never fetched")
+    return problems
+
+
+def _connection_problems(settings: Any, clients: tuple[Any, ...]) -> list[str]:
+    """Reach the database, Redis and every jwks_url; one line each, and a problem naming each one that failed."""
+    from functools import partial
+
+    checks: list[tuple[str, Callable[[], str] | None]] = [
+        (_database_label(settings.database_url, settings.data_dir), partial(_reach_database, settings))
+    ]
+    if settings.redis_url:
+        checks.append((f"Redis {_without_password(settings.redis_url)}", partial(_reach_redis, settings.redis_url)))
+    else:
+        checks.append(("Redis: not configured (JWT replay cache in-process)", None))
+    for client in clients:
+        if client.jwks_url:
+            label = f"jwks_url {client.jwks_url} (trusted client {client.iss})"
+            checks.append((label, partial(_reach_jwks, client.jwks_url)))
+    problems = []
+    for label, check in checks:
+        if check is None:
+            print(f"connect: {label}")
+            continue
+        try:
+            detail = check()
+        except Exception as error:  # noqa: BLE001 - any failure is this target's problem, reported by name
+            reason = _short(str(error)) or type(error).__name__
+            print(f"connect: {label}: FAILED: {reason}")
+            problems.append(f"cannot reach {label}: {reason}")
+        else:
+            print(f"connect: {label}: ok{f' ({detail})' if detail else ''}")
+    return problems
+
+
+def _database_label(database_url: str | None, data_dir: str) -> str:
+    if not database_url:
+        return f"database (SQLite in {data_dir})"
+    return f"database {_without_password(database_url)}"
+
+
+def _reach_database(settings: Any) -> str:
+    from cds_service.store import open_store
+
+    store = open_store(settings.database_url, settings.data_dir)
+    try:
+        if store.ping():
+            return ""
+    finally:
+        store.close()
+    url = settings.database_url or ""
+    if url.startswith(("postgresql:", "postgres:")):
+        # ping() says only no; a direct connection says why (refused, unknown database, authentication ...).
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            connection.execute("SELECT 1")
+    raise RuntimeError("the database did not answer a query")
+
+
+def _reach_redis(redis_url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return ""
+
+
+def _reach_jwks(url: str) -> str:
+    import requests
+
+    from cds_service.security.keys import parse_jwks
+
+    # As the service fetches it: no redirect (the configured URL is the only source of keys), bounded size.
+    response = requests.get(url, timeout=5, allow_redirects=False, headers={"Accept": "application/json"})
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}")
+    if len(response.content) > 1024 * 1024:
+        raise RuntimeError("the JWK Set is larger than 1 MiB")
+    try:
+        document = response.json()
+    except ValueError:
+        raise RuntimeError("the answer is not JSON") from None
+    keys = parse_jwks(document, source=url)
+    return f"{len(keys)} key{'s' if len(keys) != 1 else ''}"
+
+
+def _without_password(url: str) -> str:
+    """A connection URL as it may be printed: the password replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _short(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 if __name__ == "__main__":

@@ -18,11 +18,16 @@ that server and nowhere else: not into logs, warnings, reasons or exception mess
 
 Nothing here raises out of :meth:`FhirDataSource.resolve`: whatever cannot be obtained becomes an
 ``unavailable`` entry of the record, because unknown data must stay unknown rather than fail the
-request (the clinical engine decides what it can still say).
+request (the clinical engine decides what it can still say). Each entry says why, precisely enough
+for an integrator to act on it: a reason for cards (no URL) and a detail for the OperationOutcome
+of a 412 and the logs (which may name the FHIR server's base URL). Results cut short (the page bound,
+a next page that could not be read) are partial: the type is unknown, the resources read are kept
+(what they show is true), and a warning goes to the response's data-quality extension.
 """
 
 from __future__ import annotations
 
+import contextvars
 import http.cookiejar
 import logging
 import random
@@ -73,15 +78,88 @@ _USER_TOKENS: Final = {
     "userRelatedPersonId": "RelatedPerson",
 }
 
-# Reasons are shown to clinicians in cards ("... could not be obtained: <reason>") and logged; they
-# never contain URLs, ids or tokens.
-REASON_NOT_ALLOWED: Final = "FHIR server not allowed"
-REASON_NO_SERVER: Final = "not in the prefetch and no FHIR server to fetch it from"
-REASON_TIMEOUT: Final = "the FHIR server did not answer in time"
+# Reasons can be shown to clinicians in cards ("... could not be obtained: <reason>") and are logged; they
+# never contain URLs, ids or tokens. Details (OperationOutcome diagnostics of a 412, log lines) may add the FHIR
+# server's base URL (without user-info, query or fragment) and the exception class; never a token or an id.
+REASON_NOT_ALLOWED: Final = "the FHIR server is not allowed for this client"
+REASON_NO_SERVER: Final = "not in the prefetch, and the request has no fhirServer to fetch from"
 REASON_UNREACHABLE: Final = "the FHIR server could not be reached"
 REASON_NOT_FHIR: Final = "the FHIR server's answer was not FHIR JSON"
 REASON_REDIRECT: Final = "the FHIR server redirected to another host"
 REASON_TOO_LARGE: Final = "the FHIR server's answer was too large"
+REASON_SHUTTING_DOWN: Final = "the service was shutting down"
+REASON_EHR_OUTCOME: Final = "the EHR sent an OperationOutcome instead of the data"
+REASON_SERVER_OUTCOME: Final = "the FHIR server could not provide it (it answered with an OperationOutcome)"
+# What an HTTP error status most likely means for the service's queries (a hint for the integrator).
+_STATUS_HINTS: Final = {
+    400: "query refused",
+    401: "token rejected",
+    403: "access refused for this token",
+    404: "not found",
+    429: "too many requests",
+}
+_MAX_SHOWN_URL: Final = 200
+_ISSUE_CODE: Final = re.compile(r"[a-z-]{1,40}")  # http://hl7.org/fhir/issue-type codes
+
+
+def reason_timeout(seconds: float) -> str:
+    """The reason for a fetch that the request's deadline (CDS_FHIR_TIMEOUT) cut off."""
+    return f"the FHIR server did not answer within {seconds:g} s"
+
+
+def reason_http_status(status: int, token_sent: bool) -> str:
+    """``the FHIR server answered 401 to the service's queries (token rejected)``."""
+    if status == 401 and not token_sent:
+        hint: str | None = "no token: the request has no fhirAuthorization"
+    else:
+        hint = _STATUS_HINTS.get(status) or ("server error" if status >= 500 else None)
+    return f"the FHIR server answered {status} to the service's queries" + (f" ({hint})" if hint else "")
+
+
+def reason_pages_cut(pages: int) -> str:
+    """The reason for results cut short by the page bound: what was not read is unknown."""
+    if pages == 1:
+        return "only the first page of results was read"
+    return f"only the first {pages} pages of results were read"
+
+
+def display_url(url: object) -> str:
+    """A FHIR base URL as it may be shown in an OperationOutcome or a log line: no user-info, query or fragment."""
+    if not isinstance(url, str):
+        return "(none)"
+    try:
+        parts = _split_http_url(url)
+        scheme, host, port = _origin(parts)
+    except ValueError:
+        return "(not an http(s) URL)"
+    netloc = f"[{host}]" if ":" in host else host
+    if port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    shown = f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+    return shown if len(shown) <= _MAX_SHOWN_URL else shown[: _MAX_SHOWN_URL - 3] + "..."
+
+
+def not_allowed_detail(url: str | None, allowed: Collection[str]) -> str:
+    """Why ``fhirServer`` may not be called, for the OperationOutcome and the log (see :func:`is_allowed_server`)."""
+    shown = display_url(url)
+    try:
+        parts = _split_http_url(url or "")
+    except ValueError:
+        return f"fhirServer {shown} is not allowed for this client: it is not an absolute http(s) URL"
+    scheme, host, _port = _origin(parts)
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return (
+            f"fhirServer {shown} is not allowed for this client: a FHIR base URL carries no user name, password, "
+            "query or fragment"
+        )
+    if scheme != "https" and not is_loopback_host(host):
+        return f"fhirServer {shown} is not allowed for this client: https is required outside loopback"
+    if not _normalised_allowed(tuple(allowed)):
+        return (
+            f"fhirServer {shown} is not allowed for this client: no FHIR server is allowed (the trusted client's "
+            "fhir_servers, or CDS_FHIR_SERVERS in open mode, is empty)"
+        )
+    return f"fhirServer {shown} is not allowed for this client"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +339,10 @@ class _KeyResult:
     key: str
     resource_type: str | None
     resources: list[Resource] = field(default_factory=list)
-    unavailable: str | None = None  # reason, when the key's type could not be obtained
+    unavailable: str | None = None  # reason, when the key's type could not be obtained (or only partly)
+    detail: str | None = None  # the reason for the OperationOutcome and logs, when it says more than ``unavailable``
+    # Cut short (page bound, a page that could not be read): unknown, but the resources read so far are kept.
+    partial: bool = False
     warnings: list[str] = field(default_factory=list)
     outcome: FetchOutcome | None = None  # set when the network was used (or refused)
     # True when the first page came in the prefetch and the network only completes it: a failure then
@@ -281,13 +362,16 @@ class _Deadline:
 
 
 class _FetchFailed(Exception):
-    """A fetch that ended without usable FHIR JSON; carries an outcome and a reason, never a URL."""
+    """A fetch that ended without usable FHIR JSON: an outcome, a reason (no URL) and optionally a detail."""
 
-    def __init__(self, outcome: FetchOutcome, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, outcome: FetchOutcome, reason: str, status: int | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.outcome: FetchOutcome = outcome
         self.reason = reason
         self.status = status
+        self.detail = detail
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -400,12 +484,13 @@ class FhirDataSource:
 
         results: dict[str, _KeyResult] = {}
         pending: dict[Future[_KeyResult], str] = {}
+        not_allowed = not_allowed_detail(request.fhir_server, allowed_servers) if not server_allowed else None
         for key, template in templates.items():
             try:
                 if key in prefetch:
                     result, needs_network = self._from_prefetch_value(key, template, prefetch[key], request, base)
                 else:
-                    result, needs_network = self._plan_fetch(key, template, request, base, server_allowed)
+                    result, needs_network = self._plan_fetch(key, template, request, base, not_allowed)
             except Exception:  # a malformed value must cost one key, never the request
                 log.exception("prefetch key could not be processed", extra={"fields": {"prefetch_key": key}})
                 reason = "the prefetch value could not be read"
@@ -413,16 +498,25 @@ class FhirDataSource:
             results[key] = result
             if needs_network is not None and base is not None:
                 try:
-                    future = self._executor.submit(self._run_network_step, result, needs_network, base, token, deadline)
+                    # The worker runs in a copy of this context, so its log lines carry the request's hookInstance.
+                    future = self._executor.submit(
+                        contextvars.copy_context().run,
+                        self._run_network_step,
+                        result,
+                        needs_network,
+                        base,
+                        token,
+                        deadline,
+                    )
                 except RuntimeError:  # closed (process shutting down): no new fetches, still no exception
-                    results[key] = _cut_short(result, "error", REASON_UNREACHABLE)
+                    results[key] = _cut_short(result, "error", REASON_SHUTTING_DOWN)
                     continue
                 pending[future] = key
 
         self._wait_for(pending, results, deadline)
         record = _assemble(templates, results)
-        # The request's own log line already carries data_ms and the unavailable types; this detail is
-        # worth an INFO line only when the network was used.
+        # The request's own log line already carries data_ms and why each unavailable type is missing; this
+        # detail is worth an INFO line only when the network was used.
         log.log(
             logging.INFO if pending else logging.DEBUG,
             "prefetch resolved",
@@ -430,7 +524,7 @@ class FhirDataSource:
                 "fields": {
                     "prefetch_keys": len(templates),
                     "fetched_keys": len(pending),
-                    "unavailable_types": sorted(record.unavailable),
+                    "unavailable": record.diagnostics(),
                     "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 }
             },
@@ -453,7 +547,9 @@ class FhirDataSource:
             result.unavailable = f"the prefetch value for {key} is not a FHIR resource"
             return result, None
         if value["resourceType"] == "OperationOutcome":
-            result.unavailable = f"the EHR could not provide {key}"
+            # The EHR's own reason (diagnostics) may name the patient: only the issue code goes further.
+            result.unavailable = REASON_EHR_OUTCOME
+            result.detail = f"the EHR answered prefetch {key} with an OperationOutcome{_issue_codes(value)}"
             return result, None
         if value["resourceType"] != "Bundle":
             result.resources.append(value)
@@ -464,21 +560,20 @@ class FhirDataSource:
             return result, None
         if base is None:
             why = "no allowed FHIR server" if request.fhir_server else "no FHIR server"
-            result.warnings.append(f"prefetch {key} holds only the first page of its results ({why} to read the rest)")
+            _mark_partial(result, f"the prefetch holds only the first page of the results ({why} to read the rest)")
             return result, None
         if not _is_under_base(next_url, base):
-            result.warnings.append(
-                f"prefetch {key} holds only the first page of its results (the next page is not on the FHIR server)"
-            )
+            why = "the next page is not on the FHIR server"
+            _mark_partial(result, f"the prefetch holds only the first page of the results ({why})")
             return result, None
         result.from_prefetch = True
         result.given = tuple(result.resources)
         return result, next_url
 
     def _plan_fetch(
-        self, key: str, template: str, request: HookRequest, base: str | None, server_allowed: bool
+        self, key: str, template: str, request: HookRequest, base: str | None, not_allowed: str | None
     ) -> tuple[_KeyResult, str | None]:
-        """An absent key: the URL to fetch, or why it cannot be fetched."""
+        """An absent key: the URL to fetch, or why it cannot be fetched (``not_allowed``: why the server may not be)."""
         rendered = render_template(template, request)
         result = _KeyResult(key, rendered.resource_type)
         if rendered.relative_url is None:
@@ -487,8 +582,9 @@ class FhirDataSource:
         if not request.fhir_server:
             result.unavailable = REASON_NO_SERVER
             return result, None
-        if not server_allowed or base is None:
+        if not_allowed is not None or base is None:
             result.unavailable = REASON_NOT_ALLOWED
+            result.detail = not_allowed
             result.outcome = "not_allowed"
             return result, None
         return result, f"{base}/{rendered.relative_url}"
@@ -506,16 +602,16 @@ class FhirDataSource:
         try:
             while url is not None:
                 if pages >= self.max_pages:
-                    result.warnings.append(
-                        f"{result.key} has more than {self.max_pages} pages of results; only the first "
-                        f"{self.max_pages} were read"
-                    )
+                    # A next link that never ends (or a huge result) must not hold the request; what was not read
+                    # is unknown, not absent.
+                    _mark_partial(result, reason_pages_cut(self.max_pages))
                     break
                 body, status = self._get_json(url, base, token, deadline)
                 if not _is_resource(body):
                     raise _FetchFailed("error", REASON_NOT_FHIR, status)
                 if body["resourceType"] == "OperationOutcome":
-                    raise _FetchFailed("error", f"the FHIR server could not provide {result.key}", status)
+                    detail = f"the FHIR server answered with an OperationOutcome{_issue_codes(body)}"
+                    raise _FetchFailed("error", REASON_SERVER_OUTCOME, status, detail)
                 pages += 1
                 if body["resourceType"] != "Bundle":
                     result.resources.append(body)
@@ -523,9 +619,7 @@ class FhirDataSource:
                 result.resources.extend(_bundle_resources(body))
                 next_url = _next_link(body)
                 if next_url is not None and not _is_under_base(urljoin(url, next_url), base):
-                    result.warnings.append(
-                        f"{result.key}: the next page of results is not on the FHIR server and was not read"
-                    )
+                    _mark_partial(result, "the next page of results is not on the FHIR server and was not read")
                     next_url = None
                 url = urljoin(url, next_url) if next_url else None
             result.outcome = "ok"
@@ -534,10 +628,15 @@ class FhirDataSource:
             status = failure.status
             if pages == 0:
                 result.unavailable = failure.reason
+                result.detail = failure.detail
                 result.resources.clear()
             else:
-                # Earlier pages were read: keep them (they are real data) and say the rest is missing.
-                result.warnings.append(f"{result.key}: page {pages + 1} of the results could not be read")
+                # Earlier pages were read: keep them (they are real data); the rest is unknown.
+                _mark_partial(
+                    result,
+                    f"page {pages + 1} of the results could not be read: {failure.reason}",
+                    f"page {pages + 1} of the results could not be read: {failure.detail or failure.reason}",
+                )
         log.info(
             "fhir fetch",
             extra={
@@ -547,6 +646,7 @@ class FhirDataSource:
                     "outcome": result.outcome,
                     "status": status,
                     "pages": pages,
+                    "reason": result.detail or result.unavailable,
                     "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                 }
             },
@@ -561,7 +661,7 @@ class FhirDataSource:
         attempt = 0
         redirects = 0
         while True:
-            response = self._send(url, headers, deadline)
+            response = self._send(url, base, headers, deadline)
             try:
                 status = response.status_code
                 if status in _REDIRECT_STATUS:
@@ -569,7 +669,12 @@ class FhirDataSource:
                     target = urljoin(url, location) if location else None
                     # A redirect elsewhere would hand the bearer token to a server nobody allowed.
                     if target is None or not _same_origin(base, target) or redirects >= _MAX_REDIRECTS:
-                        raise _FetchFailed("error", REASON_REDIRECT if target else REASON_NOT_FHIR, status)
+                        if target is None:
+                            raise _FetchFailed("error", REASON_NOT_FHIR, status)
+                        if _same_origin(base, target):
+                            raise _FetchFailed("error", f"the FHIR server redirected more than {_MAX_REDIRECTS} times")
+                        detail = f"{REASON_REDIRECT} ({display_url(base)} answered {status} to {_host_of(target)})"
+                        raise _FetchFailed("error", REASON_REDIRECT, status, detail)
                     redirects += 1
                     url = target
                     continue
@@ -581,9 +686,9 @@ class FhirDataSource:
                         continue
                 if status >= 400:
                     kind: FetchOutcome = "http_5xx" if status >= 500 else "http_4xx"
-                    raise _FetchFailed(kind, f"the FHIR server answered HTTP {status}", status)
+                    raise _FetchFailed(kind, reason_http_status(status, token_sent=bool(token)), status)
                 if status != 200:
-                    raise _FetchFailed("error", f"the FHIR server answered HTTP {status}", status)
+                    raise _FetchFailed("error", reason_http_status(status, token_sent=bool(token)), status)
                 content = self._read_body(response, deadline)
             finally:
                 response.close()
@@ -592,18 +697,22 @@ class FhirDataSource:
             except orjson.JSONDecodeError:
                 raise _FetchFailed("error", REASON_NOT_FHIR, status) from None
 
-    def _send(self, url: str, headers: Mapping[str, str], deadline: _Deadline) -> requests.Response:
+    def _send(self, url: str, base: str, headers: Mapping[str, str], deadline: _Deadline) -> requests.Response:
         remaining = deadline.remaining()
-        if remaining < _MIN_REQUEST_BUDGET or self._closed.is_set():
-            raise _FetchFailed("timeout", REASON_TIMEOUT)
+        if self._closed.is_set():
+            raise _FetchFailed("error", REASON_SHUTTING_DOWN)
+        if remaining < _MIN_REQUEST_BUDGET:
+            raise _FetchFailed("timeout", reason_timeout(self.total_timeout))
         try:
             return self._session.get(url, headers=headers, timeout=remaining, allow_redirects=False, stream=True)
         except requests.Timeout:
-            raise _FetchFailed("timeout", REASON_TIMEOUT) from None
+            raise _FetchFailed("timeout", reason_timeout(self.total_timeout)) from None
         except requests.RequestException as error:
-            # The exception text holds the URL (with the patient id in its query): log the class only.
-            log.info("fhir request failed", extra={"fields": {"error": type(error).__name__}})
-            raise _FetchFailed("error", REASON_UNREACHABLE) from None
+            # The exception text holds the URL (with the patient id in its query): name the class only.
+            kind = type(error).__name__
+            log.info("fhir request failed", extra={"fields": {"error": kind}})
+            detail = f"the FHIR server {display_url(base)} could not be reached ({kind})"
+            raise _FetchFailed("error", REASON_UNREACHABLE, detail=detail) from None
 
     def _read_body(self, response: requests.Response, deadline: _Deadline) -> bytes:
         chunks: list[bytes] = []
@@ -612,14 +721,16 @@ class FhirDataSource:
             for chunk in response.iter_content(chunk_size=64 * 1024):
                 size += len(chunk)
                 if size > self.max_response_bytes:
-                    raise _FetchFailed("error", REASON_TOO_LARGE, response.status_code)
+                    detail = f"the FHIR server's answer was larger than {self.max_response_bytes} bytes"
+                    raise _FetchFailed("error", REASON_TOO_LARGE, response.status_code, detail)
                 if deadline.remaining() <= 0:
-                    raise _FetchFailed("timeout", REASON_TIMEOUT, response.status_code)
+                    raise _FetchFailed("timeout", reason_timeout(self.total_timeout), response.status_code)
                 chunks.append(chunk)
         except requests.Timeout:
-            raise _FetchFailed("timeout", REASON_TIMEOUT, response.status_code) from None
-        except requests.RequestException:
-            raise _FetchFailed("error", REASON_UNREACHABLE, response.status_code) from None
+            raise _FetchFailed("timeout", reason_timeout(self.total_timeout), response.status_code) from None
+        except requests.RequestException as error:
+            detail = f"the FHIR server's answer broke off ({type(error).__name__})"
+            raise _FetchFailed("error", REASON_UNREACHABLE, response.status_code, detail) from None
         return b"".join(chunks)
 
     # -- collecting ---------------------------------------------------------------------------
@@ -634,13 +745,14 @@ class FhirDataSource:
         for future, key in pending.items():
             if not future.done():
                 future.cancel()
-                results[key] = _cut_short(results[key], "timeout", REASON_TIMEOUT)
-                log.info("fhir fetch timed out", extra={"fields": {"prefetch_key": key}})
+                reason = reason_timeout(self.total_timeout)
+                results[key] = _cut_short(results[key], "timeout", reason)
+                log.info("fhir fetch timed out", extra={"fields": {"prefetch_key": key, "reason": reason}})
             elif future.cancelled():  # close() during the request: the process is shutting down
-                results[key] = _cut_short(results[key], "error", REASON_UNREACHABLE)
+                results[key] = _cut_short(results[key], "error", REASON_SHUTTING_DOWN)
             elif (error := future.exception()) is not None:  # a bug, not a server answer: still one key only
                 log.error("fhir fetch failed unexpectedly", exc_info=error, extra={"fields": {"prefetch_key": key}})
-                results[key] = _cut_short(results[key], "error", REASON_UNREACHABLE)
+                results[key] = _cut_short(results[key], "error", "the service failed while reading the answer")
         for result in results.values():
             if result.outcome is not None:
                 self._report(result.outcome)
@@ -661,15 +773,37 @@ def _cut_short(late: _KeyResult, outcome: FetchOutcome, reason: str) -> _KeyResu
     page (kept in ``late.given``) stays, anything the worker added does not.
     """
     if late.from_prefetch:
-        return _KeyResult(
-            late.key,
-            late.resource_type,
-            resources=list(late.given),
-            warnings=[f"{late.key}: the remaining pages of results could not be read ({reason})"],
-            outcome=outcome,
-            from_prefetch=True,
-        )
+        kept = _KeyResult(late.key, late.resource_type, resources=list(late.given), outcome=outcome, from_prefetch=True)
+        _mark_partial(kept, f"the remaining pages of results could not be read: {reason}")
+        return kept
     return _KeyResult(late.key, late.resource_type, unavailable=reason, outcome=outcome)
+
+
+def _mark_partial(result: _KeyResult, reason: str, detail: str | None = None) -> None:
+    """Results cut short: the type is unknown (the engine must not read absence into it), the resources read so far
+    stay (what they show is true), and the response's data-quality extension says what was not read."""
+    result.partial = True
+    result.unavailable = reason
+    result.detail = detail if detail != reason else None
+    result.warnings.append(f"{result.resource_type or result.key}: {reason}; the rest is unknown")
+
+
+def _issue_codes(outcome: Mapping[str, Any]) -> str:
+    """`` (issue: not-found)``: the codes of an OperationOutcome's issues (a FHIR value set, so safe to show)."""
+    issues = outcome.get("issue")
+    codes = [
+        code
+        for issue in (issues if isinstance(issues, list) else [])
+        if isinstance(issue, dict) and isinstance(code := issue.get("code"), str) and _ISSUE_CODE.fullmatch(code)
+    ]
+    return f" (issue: {', '.join(dict.fromkeys(codes))})" if codes else ""
+
+
+def _host_of(url: str) -> str:
+    try:
+        return _split_http_url(url).hostname or "(no host)"
+    except ValueError:
+        return "(not an http(s) URL)"
 
 
 def _retry_pause(retry_after: str | None, attempt: int) -> float | None:
@@ -691,14 +825,19 @@ def _assemble(templates: Mapping[str, str], results: Mapping[str, _KeyResult]) -
     by_type: dict[str, list[Resource]] = {}
     seen: set[tuple[str, str]] = set()
     unavailable: dict[str, str] = {}
+    details: dict[str, str] = {}
     warnings: list[str] = []
     for key in templates:
         result = results[key]
         warnings.extend(result.warnings)
         if result.unavailable is not None:
             type_key = result.resource_type or key
-            unavailable.setdefault(type_key, result.unavailable)
-            continue
+            if type_key not in unavailable:
+                unavailable[type_key] = result.unavailable
+                if result.detail is not None:
+                    details[type_key] = result.detail
+            if not result.partial:
+                continue
         for resource in result.resources:
             resource_type = resource["resourceType"]
             resource_id = resource.get("id")
@@ -711,4 +850,5 @@ def _assemble(templates: Mapping[str, str], results: Mapping[str, _KeyResult]) -
         resources={resource_type: tuple(items) for resource_type, items in by_type.items()},
         unavailable=unavailable,
         warnings=tuple(warnings),
+        unavailable_details=details,
     )

@@ -24,6 +24,9 @@ from typing import Any, ClassVar
 class CdsError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "exception"  # OperationOutcome.issue.code (http://hl7.org/fhir/issue-type)
+    # The message may go into the log line: it is built by the service and carries no client value (a 400's
+    # message can quote any member of the body, patient identifiers included, so only its JSON path is logged).
+    loggable: ClassVar[bool] = True
 
     def __init__(self, message: str, *, expression: str | None = None) -> None:
         super().__init__(message)
@@ -40,11 +43,13 @@ class CdsError(Exception):
 class BadRequest(CdsError):
     status = 400
     code = "invalid"
+    loggable = False
 
 
 class Unauthorized(CdsError):
     status = 401
     code = "login"
+    loggable = False  # logged with its own reason, never with the client's message
 
     def __init__(self, reason: str) -> None:
         # The reason is for the log only; clients get a fixed message.

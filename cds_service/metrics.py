@@ -24,7 +24,14 @@ CARDS = Counter("cds_cards_total", "Cards returned, by service and indicator", [
 RATINGS = Counter("cds_ratings_total", "Orders rated, by service and rating", ["service", "rating"])
 FHIR_FETCHES = Counter("cds_fhir_fetch_total", "Fallback FHIR fetches by outcome", ["outcome"])
 FEEDBACK = Counter(
-    "cds_feedback_items_total", "Feedback items received, by service and outcome", ["service", "outcome"]
+    "cds_feedback_items_total",
+    "Feedback items received, by service and outcome (a repeated POST counts again; see cds_feedback_stored_total)",
+    ["service", "outcome"],
+)
+FEEDBACK_STORED = Counter(
+    "cds_feedback_stored_total",
+    "Feedback items newly stored, by service: the sum of the replies' 'stored' (a repeated item is stored once)",
+    ["service"],
 )
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Requests refused with 401")
 STORE_ERRORS = Counter("cds_store_errors_total", "Store operations that failed", ["operation"])

@@ -97,7 +97,7 @@ def load_registry(hooks_dir: str | Path | None = None) -> ServiceRegistry:
 
 
 def _load_definition(path: Path) -> ServiceDefinition:
-    name = path.name
+    name = f"{path.parent.name}/{path.name}"  # "hooks/x.json": the file a message names
     try:
         raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (OSError, UnicodeDecodeError) as exc:

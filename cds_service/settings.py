@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cds_service.errors import ConfigurationError
 from cds_service.protocol.response import SystemActionsLocation
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_JSON_DEPTH = 64
+# CDS_FHIR_TIMEOUT bounds: an EHR waits a few seconds at most for cards (CDS Hooks asks for about 500 ms), and a
+# gunicorn worker that spends longer than its timeout (30 s) on a request is killed.
+MAX_FHIR_TIMEOUT = 20.0
+# The service's endpoint base when no request URL exists (``evaluate``) and CDS_PUBLIC_URL is unset: the address
+# ``cds-service serve`` binds by default, so that evaluate and a default local server print the same response.
+LOCAL_BASE_URL = "http://127.0.0.1:8080"
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Settings:
     redis_url: str | None = None  # CDS_REDIS_URL
     fhir_timeout: float = 2.5  # CDS_FHIR_TIMEOUT, seconds, for all fallback fetches of one request
     system_actions: SystemActionsLocation = SystemActionsLocation.BOTH  # CDS_SYSTEM_ACTIONS
+    qcdsm_uri: str | None = None  # CDS_QCDSM_URI; None: the invoked service's endpoint URL
     data_dir: str = field(default_factory=lambda: str(Path.cwd() / "data"))  # CDS_DATA_DIR
     hooks_dir: str | None = None  # CDS_HOOKS_DIR; None: the definitions shipped with the package
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # CDS_MAX_BODY_BYTES
@@ -40,6 +51,16 @@ class Settings:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         return replace(self, **overrides)
 
+    def endpoint_url(self, service_id: str, request_url_root: str | None = None) -> str:
+        """The URL a client invokes for ``service_id``: CDS_PUBLIC_URL, else the request's own URL root, else
+        (offline, ``evaluate``) the default local server's address."""
+        base = self.public_url or request_url_root or LOCAL_BASE_URL
+        return f"{base.rstrip('/')}/cds-services/{service_id}"
+
+    def qcdsm_uri_for(self, service_id: str, request_url_root: str | None = None) -> str:
+        """The ``pama-rating-qcdsm-consulted`` value: CDS_QCDSM_URI, else the invoked service's endpoint URL."""
+        return self.qcdsm_uri or self.endpoint_url(service_id, request_url_root)
+
 
 def _flag(name: str, value: str) -> bool:
     if value in ("1", "true", "yes", "on"):
@@ -49,14 +70,34 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigurationError(f"{name}={value!r}: expected 1 or 0")
 
 
-def _positive_number(name: str, value: str, kind: type[float] | type[int]) -> Any:
+def _positive_number(name: str, value: str, kind: type[float] | type[int], maximum: float | None = None) -> Any:
+    expected = "a positive number" + (f" of at most {maximum:g}" if maximum is not None else "")
     try:
         number = kind(value)
-    except ValueError:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number") from None
-    if number <= 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number")
+    except (ValueError, OverflowError):
+        raise ConfigurationError(f"{name}={value!r}: expected {expected}") from None
+    # float() accepts "nan", "inf" and "1e400" (= inf): none of them is a usable number of seconds, and NaN even
+    # passes "<= 0" (every comparison with NaN is false).
+    if not math.isfinite(number) or number <= 0 or (maximum is not None and number > maximum):
+        raise ConfigurationError(f"{name}={value!r}: expected {expected}")
     return number
+
+
+def _absolute_uri(name: str, value: str) -> str:
+    """An absolute URI (RFC 3986: a scheme, then something): ``https://host/...``, ``urn:oid:...``, ``urn:uuid:...``."""
+    parts = urlsplit(value)
+    problem = None
+    if any(character.isspace() or ord(character) < 32 for character in value):
+        problem = "contains white space or control characters"
+    elif not parts.scheme or not _URI_SCHEME.fullmatch(parts.scheme) or ":" not in value:
+        problem = "has no scheme (expected an absolute URI such as https://... or urn:...)"
+    elif parts.scheme.lower() in ("http", "https") and not parts.hostname:
+        problem = "has no host"
+    elif not value.split(":", 1)[1]:
+        problem = "has nothing after the scheme"
+    if problem:
+        raise ConfigurationError(f"{name}={value!r}: not an absolute URI: it {problem}")
+    return value
 
 
 def _urls(name: str, value: str) -> tuple[str, ...]:
@@ -91,12 +132,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigurationError("CDS_REDIS_URL: expected redis://host:port/db")
         values["redis_url"] = redis_url
     if timeout := env.get("CDS_FHIR_TIMEOUT", "").strip():
-        values["fhir_timeout"] = _positive_number("CDS_FHIR_TIMEOUT", timeout, float)
+        values["fhir_timeout"] = _positive_number("CDS_FHIR_TIMEOUT", timeout, float, MAX_FHIR_TIMEOUT)
     if location := env.get("CDS_SYSTEM_ACTIONS", "").strip():
         try:
             values["system_actions"] = SystemActionsLocation(location)
         except ValueError:
             raise ConfigurationError(f"CDS_SYSTEM_ACTIONS={location!r}: expected top, extension or both") from None
+    if qcdsm_uri := env.get("CDS_QCDSM_URI", "").strip():
+        values["qcdsm_uri"] = _absolute_uri("CDS_QCDSM_URI", qcdsm_uri)
     if data_dir := env.get("CDS_DATA_DIR", "").strip():
         values["data_dir"] = data_dir
     if hooks_dir := env.get("CDS_HOOKS_DIR", "").strip():

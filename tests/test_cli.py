@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
+from appsupport import ClientKey
+from jwks_server import JwksServer
 from servers import cds_service_command
+from support import REPO, free_port
 from test_protocol_validation import minimal_request
 
 import cds_service
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     base.update(env or {})
     return subprocess.run(
-        [*cds_service_command(), *args], capture_output=True, text=True, env=base, input=stdin, timeout=120
+        [*cds_service_command(), *args], capture_output=True, text=True, env=base, input=stdin, timeout=120, cwd=cwd
     )
 
 
@@ -89,3 +97,94 @@ def test_check_config_names_a_bad_trusted_clients_file(tmp_path: Path) -> None:
     result = run("check-config", env={"CDS_TRUSTED_CLIENTS": str(clients)})
     assert result.returncode == 2
     assert "clients.json" in result.stderr
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"cds-service {cds_service.__version__}"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "0", "-1", "21", "soon"])
+def test_check_config_refuses_a_fhir_timeout_that_is_not_a_usable_number_of_seconds(value: str) -> None:
+    result = run("check-config", env={"CDS_FHIR_TIMEOUT": value})
+    assert result.returncode == 2
+    assert f"CDS_FHIR_TIMEOUT={value!r}: expected a positive number of at most 20" in result.stderr
+
+
+def test_check_config_names_the_file_of_a_bad_threshold(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    shutil.copytree(REPO / "hooks", hooks)
+    definition = json.loads((hooks / "lumbar-imaging-order-sign.json").read_text())
+    definition.setdefault("_config", {})["thresholds"] = {"symptom_weeks": -6}
+    (hooks / "lumbar-imaging-order-sign.json").write_text(json.dumps(definition))
+    result = run("check-config", env={"CDS_HOOKS_DIR": "hooks"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        "configuration error: hooks/lumbar-imaging-order-sign.json: _config.thresholds.symptom_weeks: "
+        "-6 is less than the minimum of 1"
+    ) in result.stderr
+
+
+def _clients_file(tmp_path: Path, **entry: Any) -> Path:
+    key = ClientKey()
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps([{"iss": "https://ehr.example.org", "jwks": key.jwks, **entry}]))
+    return path
+
+
+def test_check_config_reports_a_trusted_client_without_fhir_servers(tmp_path: Path) -> None:
+    clients = _clients_file(tmp_path)
+    result = run("check-config", env={"CDS_TRUSTED_CLIENTS": str(clients)})
+    assert result.returncode == 1
+    assert f'problem: {clients}: client https://ehr.example.org: no "fhir_servers"' in result.stderr
+    # An explicit empty list is a choice (a client that always sends complete prefetch): a note, not a failure.
+    clients = _clients_file(tmp_path, fhir_servers=[])
+    result = run("check-config", env={"CDS_TRUSTED_CLIENTS": str(clients)})
+    assert result.returncode == 0, result.stderr
+    assert '"fhir_servers" is empty' in result.stdout
+
+
+def test_check_config_connect_reaches_each_target_and_names_the_one_that_failed(tmp_path: Path) -> None:
+    key = ClientKey()
+    with JwksServer(key.jwks) as good, JwksServer(key.jwks) as missing:
+        missing.set_status(404)
+        clients = tmp_path / "clients.json"
+        entries = [
+            {"iss": "https://a.example.org", "jwks_url": good.url, "fhir_servers": ["https://a.example.org/fhir"]},
+            {"iss": "https://b.example.org", "jwks_url": missing.url, "fhir_servers": ["https://b.example.org/fhir"]},
+        ]
+        clients.write_text(json.dumps(entries))
+        down = f"127.0.0.1:{free_port()}"
+        env = {
+            "CDS_TRUSTED_CLIENTS": str(clients),
+            "CDS_DATA_DIR": str(tmp_path / "data"),
+            "CDS_REDIS_URL": f"redis://{down}/0",
+        }
+        result = run("check-config", "--connect", env=env)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"connect: database (SQLite in {tmp_path / 'data'}): ok" in lines
+    assert f"connect: jwks_url {good.url} (trusted client https://a.example.org): ok (1 key)" in lines
+    assert f"connect: jwks_url {missing.url} (trusted client https://b.example.org): FAILED: HTTP 404" in lines
+    assert any(line.startswith(f"connect: Redis redis://{down}/0: FAILED: ") for line in lines)
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2
+    assert problems[0].startswith(f"problem: cannot reach Redis redis://{down}/0: ")
+    assert problems[1] == (
+        f"problem: cannot reach jwks_url {missing.url} (trusted client https://b.example.org): HTTP 404"
+    )
+
+
+def test_check_config_connect_names_an_unreachable_database_without_its_password(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    ok = run("check-config", "--connect", env={"CDS_DATABASE_URL": postgres_url, "CDS_REDIS_URL": redis_url})
+    assert ok.returncode == 0, ok.stderr
+    assert f"connect: database {postgres_url}: ok" in ok.stdout
+    assert f"connect: Redis {redis_url}: ok" in ok.stdout
+    port = free_port()
+    result = run("check-config", "--connect", env={"CDS_DATABASE_URL": f"postgresql://cds:s3cret@127.0.0.1:{port}/cds"})
+    assert result.returncode == 1
+    assert f"problem: cannot reach database postgresql://cds:***@127.0.0.1:{port}/cds: " in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr

@@ -112,8 +112,9 @@ def test_responses_follow_cds_hooks_rules(engine: ClinicalEngine, name: str) -> 
         assert sum(bool(s.get("isRecommended")) for s in card.get("suggestions", [])) <= 1
         for suggestion in card.get("suggestions", []):
             assert suggestion["uuid"] and suggestion["label"]
+            assert isinstance(suggestion["isRecommended"], bool)  # always sent, true or false
             for action in suggestion["actions"]:
-                assert action["uuid"] and action["description"]
+                assert "uuid" not in action and action["description"]  # a CDS Hooks 2.0 Action has no uuid
                 if action["type"] == "delete":
                     assert action["resourceId"].startswith("ServiceRequest/") and "resource" not in action
                 else:
@@ -272,7 +273,6 @@ def test_remove_suggestion_is_a_delete_of_the_selected_order(engine: ClinicalEng
     card = card_of(evaluate(engine, *SCENARIOS["v1 remove"]))
     action = card["suggestions"][0]["actions"][0]
     assert action == {
-        "uuid": action["uuid"],
         "type": "delete",
         "description": action["description"],
         "resourceId": "ServiceRequest/sr-1",

@@ -24,7 +24,7 @@ from fhir_server import FhirServer
 from fhir_server import fhir_server as fhir_server  # the session fixture (sekmet-fhir with the fixtures)
 from support import free_port
 
-from cds_service.data_source import REASON_TIMEOUT, REASON_UNREACHABLE, FhirDataSource
+from cds_service.data_source import REASON_UNREACHABLE, FhirDataSource, reason_timeout
 from cds_service.protocol.request import FhirAuthorization, HookRequest
 
 pytestmark = pytest.mark.integration
@@ -195,7 +195,8 @@ def test_wrong_token_makes_every_type_unavailable(
     request = make_request(fhir_server.base_url, "not-the-token", prefetch={})
     record = source.resolve(TEMPLATES, request, [fhir_server.base_url])
     assert record.resources == {}
-    assert set(record.unavailable.values()) == {"the FHIR server answered HTTP 401"}
+    rejected = "the FHIR server answered 401 to the service's queries (token rejected)"
+    assert set(record.unavailable.values()) == {rejected}
     assert len(record.unavailable) == len(TEMPLATES)
     assert outcomes == ["http_4xx"] * len(TEMPLATES)
 
@@ -203,6 +204,9 @@ def test_wrong_token_makes_every_type_unavailable(
 def test_missing_token_is_refused_by_the_server(fhir_server: FhirServer, source: FhirDataSource) -> None:
     record = source.resolve(TEMPLATES, make_request(fhir_server.base_url, None, {}), [fhir_server.base_url])
     assert len(record.unavailable) == len(TEMPLATES)  # proves the authorised fetches above did send the token
+    assert set(record.unavailable.values()) == {
+        "the FHIR server answered 401 to the service's queries (no token: the request has no fhirAuthorization)"
+    }
 
 
 def test_server_that_is_down_is_unavailable_quickly(source: FhirDataSource, outcomes: list[str]) -> None:
@@ -212,6 +216,7 @@ def test_server_that_is_down_is_unavailable_quickly(source: FhirDataSource, outc
     elapsed = time.monotonic() - started
     assert elapsed < 0.5
     assert set(record.unavailable.values()) == {REASON_UNREACHABLE}
+    assert set(record.diagnostics().values()) == {f"the FHIR server {closed} could not be reached (ConnectionError)"}
     assert len(record.unavailable) == len(TEMPLATES)
     assert outcomes == ["error"] * len(TEMPLATES)
 
@@ -225,7 +230,8 @@ def test_slow_server_costs_at_most_the_total_timeout(
     elapsed = time.monotonic() - started
     assert elapsed < source.total_timeout + 0.3
     assert elapsed >= source.total_timeout - 0.1  # it did wait for the server, up to the budget
-    assert set(record.unavailable.values()) == {REASON_TIMEOUT}
+    assert set(record.unavailable.values()) == {"the FHIR server did not answer within 2.5 s"}
+    assert reason_timeout(source.total_timeout) == "the FHIR server did not answer within 2.5 s"
     assert len(record.unavailable) == len(TEMPLATES)
     assert outcomes == ["timeout"] * len(TEMPLATES)
 
@@ -272,7 +278,13 @@ def test_a_prefetch_page_is_kept_when_its_next_page_misses_the_deadline(slow_ser
         record = data_source.resolve(TEMPLATES, make_request(slow, "token", prefetch), [slow])
         elapsed = time.monotonic() - started
     assert elapsed < 0.5 + 0.3
-    assert [c["id"] for c in record.of_type("Condition")] == ["c1"]
-    assert record.is_known("Condition")
-    assert len(record.warnings) == 1 and "could not be read" in record.warnings[0]
+    assert [c["id"] for c in record.of_type("Condition")] == ["c1"]  # the given page is kept
+    assert not record.is_known("Condition")  # the rest is unknown
+    # Whether the fetch thread's own read or the request's deadline gave up first, the reason says why.
+    reason = record.unavailable["Condition"]
+    assert reason in (
+        "the remaining pages of results could not be read: the FHIR server did not answer within 0.5 s",
+        "page 2 of the results could not be read: the FHIR server did not answer within 0.5 s",
+    )
+    assert record.warnings == (f"Condition: {reason}; the rest is unknown",)
     assert outcomes == ["timeout"]

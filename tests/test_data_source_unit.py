@@ -19,11 +19,11 @@ from cds_service.data_source import (
     REASON_NOT_ALLOWED,
     REASON_NOT_FHIR,
     REASON_REDIRECT,
-    REASON_TIMEOUT,
     REASON_UNREACHABLE,
     FhirDataSource,
     is_allowed_server,
     normalise_base_url,
+    reason_timeout,
     render_template,
 )
 from cds_service.protocol.request import FhirAuthorization, HookRequest
@@ -236,7 +236,9 @@ def test_bundle_entries_are_grouped_by_their_own_type(source: FhirDataSource) ->
 def test_operation_outcome_makes_the_type_unavailable(source: FhirDataSource, rsps: responses.RequestsMock) -> None:
     prefetch = {"patient": PATIENT, "conditions": OUTCOME, "medicationRequests": None}
     record = source.resolve(TEMPLATES, make_request(prefetch), [BASE])
-    assert record.unavailable == {"Condition": "the EHR could not provide conditions"}
+    assert record.unavailable == {"Condition": "the EHR sent an OperationOutcome instead of the data"}
+    detail = "the EHR answered prefetch conditions with an OperationOutcome (issue: timeout)"
+    assert record.detail("Condition") == detail
     assert not record.is_known("Condition")
     assert record.is_known("MedicationRequest")
     assert len(rsps.calls) == 0  # the EHR said it could not: the service does not re-query
@@ -285,10 +287,15 @@ def test_next_page_on_another_host_is_never_requested(source: FhirDataSource, rs
     }
     record = source.resolve(TEMPLATES, make_request(prefetch), [BASE])
     assert len(rsps.calls) == 0
-    assert [r["id"] for r in record.of_type("Condition")] == ["c1"]  # the given page is kept
-    assert record.is_known("Condition")
-    assert len(record.warnings) == 1
-    assert "first page" in record.warnings[0]
+    assert [r["id"] for r in record.of_type("Condition")] == ["c1"]  # the given page is kept: what it shows is true
+    assert not record.is_known("Condition")  # but the rest was not read: partial is unknown, not "nothing more"
+    assert record.unavailable == {
+        "Condition": "the prefetch holds only the first page of the results (the next page is not on the FHIR server)"
+    }
+    assert record.warnings == (
+        "Condition: the prefetch holds only the first page of the results (the next page is not on the FHIR "
+        "server); the rest is unknown",
+    )
 
 
 @pytest.mark.parametrize(
@@ -307,6 +314,7 @@ def test_next_page_outside_the_base_is_never_requested(
     record = source.resolve(TEMPLATES, make_request({**prefetch, "medicationRequests": None}), [BASE])
     assert len(rsps.calls) == 0
     assert len(record.warnings) == 1
+    assert not record.is_known("Condition")
 
 
 def test_next_page_with_a_server_that_is_not_allowed_is_not_requested(
@@ -320,6 +328,9 @@ def test_next_page_with_a_server_that_is_not_allowed_is_not_requested(
     record = source.resolve(TEMPLATES, make_request(prefetch), ["https://other.example.org/fhir"])
     assert len(rsps.calls) == 0
     assert [r["id"] for r in record.of_type("Condition")] == ["c1"]
+    assert record.unavailable == {
+        "Condition": "the prefetch holds only the first page of the results (no allowed FHIR server to read the rest)"
+    }
     assert len(record.warnings) == 1
 
 
@@ -335,17 +346,33 @@ def test_failed_next_page_keeps_the_pages_read(
     }
     record = source.resolve(TEMPLATES, make_request(prefetch), [BASE])
     assert [r["id"] for r in record.of_type("Condition")] == ["c1"]
-    assert record.warnings == ("conditions: page 2 of the results could not be read",)
+    reason = "page 2 of the results could not be read: the FHIR server answered 404 to the service's queries"
+    reason += " (not found)"
+    assert record.unavailable == {"Condition": reason}
+    assert record.warnings == (f"Condition: {reason}; the rest is unknown",)
     assert outcomes == ["http_4xx"]
 
 
-def test_pagination_stops_at_max_pages(rsps: responses.RequestsMock) -> None:
+def test_pagination_stops_at_max_pages_and_the_type_is_partial(rsps: responses.RequestsMock) -> None:
+    # A next link that never ends: every page points to another.
     rsps.get(f"{BASE}/Condition", json=searchset(condition("cx"), next_url=f"{BASE}/Condition?more=1"))
     with FhirDataSource(max_pages=3) as data_source:
         record = data_source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert len(rsps.calls) == 3
-    assert [r["id"] for r in record.of_type("Condition")] == ["cx"]
-    assert record.warnings == ("conditions has more than 3 pages of results; only the first 3 were read",)
+    assert [r["id"] for r in record.of_type("Condition")] == ["cx"]  # what was read stays
+    assert not record.is_known("Condition")  # what was not read is unknown, not absent
+    assert record.unavailable == {"Condition": "only the first 3 pages of results were read"}
+    assert record.warnings == ("Condition: only the first 3 pages of results were read; the rest is unknown",)
+
+
+def test_pagination_bound_also_counts_the_prefetch_page(rsps: responses.RequestsMock) -> None:
+    rsps.get(f"{BASE}/Condition", json=searchset(condition("c2"), next_url=f"{BASE}/Condition?more=1"))
+    prefetch = {"conditions": searchset(condition("c1"), next_url=f"{BASE}/Condition?page=2")}
+    with FhirDataSource(max_pages=2) as data_source:
+        record = data_source.resolve({"conditions": TEMPLATES["conditions"]}, make_request(prefetch), [BASE])
+    assert len(rsps.calls) == 1
+    assert [r["id"] for r in record.of_type("Condition")] == ["c1", "c2"]
+    assert record.unavailable == {"Condition": "only the first 2 pages of results were read"}
 
 
 # -- fetching absent keys -------------------------------------------------------------------------
@@ -418,7 +445,8 @@ def test_retry_after_beyond_the_budget_is_not_waited_for(
     rsps.get(f"{BASE}/Condition", status=429, headers={"Retry-After": "30"}, json=OUTCOME)
     record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert len(rsps.calls) == 1
-    assert record.unavailable == {"Condition": "the FHIR server answered HTTP 429"}
+    reason = "the FHIR server answered 429 to the service's queries (too many requests)"
+    assert record.unavailable == {"Condition": reason}
     assert outcomes == ["http_4xx"]
 
 
@@ -428,7 +456,7 @@ def test_503_three_times_makes_the_type_unavailable(
     rsps.get(f"{BASE}/Condition", status=503, body="busy")
     record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert len(rsps.calls) == 3  # first try + max_retries (2)
-    assert record.unavailable == {"Condition": "the FHIR server answered HTTP 503"}
+    assert record.unavailable == {"Condition": "the FHIR server answered 503 to the service's queries (server error)"}
     assert record.of_type("Condition") == ()
     assert outcomes == ["http_5xx"]
 
@@ -438,7 +466,29 @@ def test_4xx_is_not_retried(source: FhirDataSource, rsps: responses.RequestsMock
     record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert len(rsps.calls) == 1
     assert not record.is_known("Condition")
+    assert record.unavailable == {
+        "Condition": "the FHIR server answered 403 to the service's queries (access refused for this token)"
+    }
     assert outcomes == ["http_4xx"]
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (TOKEN, "the FHIR server answered 401 to the service's queries (token rejected)"),
+        (
+            None,
+            "the FHIR server answered 401 to the service's queries (no token: the request has no fhirAuthorization)",
+        ),
+    ],
+)
+def test_401_says_whether_a_token_was_rejected_or_missing(
+    source: FhirDataSource, rsps: responses.RequestsMock, token: str | None, reason: str
+) -> None:
+    rsps.get(f"{BASE}/Condition", status=401, json=OUTCOME)
+    record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}, token=token), [BASE])
+    assert record.unavailable == {"Condition": reason}
+    assert record.describe_unavailable() == f"Condition: {reason}"
 
 
 def test_redirect_to_another_host_is_not_followed(
@@ -449,6 +499,8 @@ def test_redirect_to_another_host_is_not_followed(
     record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert [str(call.request.url).split("?")[0] for call in rsps.calls] == [f"{BASE}/Condition"]
     assert record.unavailable == {"Condition": REASON_REDIRECT}
+    # The detail names the FHIR server and the host it pointed to: never the redirect's path or query (patient id).
+    assert record.detail("Condition") == f"{REASON_REDIRECT} ({BASE} answered 302 to evil.example.net)"
     assert outcomes == ["error"]
 
 
@@ -465,7 +517,7 @@ def test_at_most_three_redirects_are_followed(source: FhirDataSource, rsps: resp
     rsps.get(f"{BASE}/Condition", status=302, headers={"Location": f"{BASE}/Condition?loop=1"})
     record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
     assert len(rsps.calls) == 4  # the request and three redirects
-    assert not record.is_known("Condition")
+    assert record.unavailable == {"Condition": "the FHIR server redirected more than 3 times"}
 
 
 def test_disallowed_server_makes_no_request(
@@ -476,6 +528,10 @@ def test_disallowed_server_makes_no_request(
     record = source.resolve(TEMPLATES, request, [BASE])
     assert len(rsps.calls) == 0
     assert record.unavailable == {t: REASON_NOT_ALLOWED for t in ("Patient", "Condition", "MedicationRequest")}
+    # The OperationOutcome and the log name the server; cards (unavailable) do not.
+    detail = f"fhirServer {OTHER_HOST} is not allowed for this client"
+    assert record.diagnostics() == {t: detail for t in ("Condition", "MedicationRequest", "Patient")}
+    assert record.describe_unavailable(["Patient", "Condition"]) == f"Condition, Patient: {detail}"
     assert outcomes == ["not_allowed"] * 3
 
 
@@ -485,6 +541,30 @@ def test_plain_http_outside_loopback_is_refused(source: FhirDataSource, rsps: re
     record = source.resolve(TEMPLATES, make_request({}, fhir_server=server), [server])
     assert len(rsps.calls) == 0
     assert set(record.unavailable.values()) == {REASON_NOT_ALLOWED}
+    assert set(record.diagnostics().values()) == {
+        f"fhirServer {server} is not allowed for this client: https is required outside loopback"
+    }
+
+
+@pytest.mark.parametrize(
+    ("fhir_server", "allowed", "detail"),
+    [
+        (BASE, [], f"fhirServer {BASE} is not allowed for this client: no FHIR server is allowed (the trusted "
+         "client's fhir_servers, or CDS_FHIR_SERVERS in open mode, is empty)"),
+        ("https://user:secret@fhir.example.org/r4", [BASE], "fhirServer https://fhir.example.org/r4 is not allowed for "
+         "this client: a FHIR base URL carries no user name, password, query or fragment"),
+        (f"{BASE}?patient={PATIENT_ID}", [BASE], f"fhirServer {BASE} is not allowed for this client: a FHIR base URL "
+         "carries no user name, password, query or fragment"),
+        ("not a url", [BASE], "fhirServer (not an http(s) URL) is not allowed for this client: it is not an absolute "
+         "http(s) URL"),
+    ],
+)  # fmt: skip
+def test_the_not_allowed_detail_names_the_cause_and_never_credentials_or_queries(
+    source: FhirDataSource, fhir_server: str, allowed: list[str], detail: str
+) -> None:
+    record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}, fhir_server=fhir_server), allowed)
+    assert record.unavailable == {"Condition": REASON_NOT_ALLOWED}
+    assert record.detail("Condition") == detail
 
 
 def test_no_fhir_server_means_unavailable_without_a_request(
@@ -519,10 +599,10 @@ def test_user_template_is_fetched_by_its_rendered_type(source: FhirDataSource, r
         ({"body": "{not json", "content_type": "application/fhir+json"}, REASON_NOT_FHIR),
         ({"json": [1, 2]}, REASON_NOT_FHIR),
         ({"json": {"entry": []}}, REASON_NOT_FHIR),
-        ({"json": OUTCOME}, "the FHIR server could not provide conditions"),
+        ({"json": OUTCOME}, "the FHIR server could not provide it (it answered with an OperationOutcome)"),
         ({"body": requests.ConnectionError("refused")}, REASON_UNREACHABLE),
-        ({"body": requests.ReadTimeout("slow")}, REASON_TIMEOUT),
-        ({"status": 204}, "the FHIR server answered HTTP 204"),
+        ({"body": requests.ReadTimeout("slow")}, reason_timeout(2.0)),
+        ({"status": 204}, "the FHIR server answered 204 to the service's queries"),
     ],
 )
 def test_unusable_answers_make_the_type_unavailable(
@@ -532,6 +612,14 @@ def test_unusable_answers_make_the_type_unavailable(
     record = source.resolve(TEMPLATES, make_request({"patient": PATIENT, "medicationRequests": None}), [BASE])
     assert record.unavailable == {"Condition": reason}
     assert record.of_type("Patient") == (PATIENT,)
+
+
+def test_timeout_and_unreachable_reasons_are_precise(source: FhirDataSource, rsps: responses.RequestsMock) -> None:
+    assert reason_timeout(2.5) == "the FHIR server did not answer within 2.5 s"
+    rsps.get(f"{BASE}/Condition", body=requests.ConnectionError(f"refused {BASE}/Condition?patient={PATIENT_ID}"))
+    record = source.resolve({"conditions": TEMPLATES["conditions"]}, make_request({}), [BASE])
+    assert record.unavailable == {"Condition": REASON_UNREACHABLE}
+    assert record.detail("Condition") == f"the FHIR server {BASE} could not be reached (ConnectionError)"
 
 
 def test_oversized_answer_is_refused(rsps: responses.RequestsMock) -> None:
@@ -573,8 +661,9 @@ def test_token_and_patient_id_never_reach_logs_warnings_or_reasons(
     prefetch = {"observations": searchset({"resourceType": "Observation", "id": "o1"}, next_url=page_2)}
     with caplog.at_level(logging.DEBUG, logger="cds_service.data_source"):
         record = source.resolve(templates, make_request(prefetch), [BASE])
-    assert len(record.unavailable) == 3
-    texts = [*record.warnings, *record.unavailable.values()]
+    assert len(record.unavailable) == 4  # Observation: page 2 refused, so partial
+    texts = [*record.warnings, *record.unavailable.values(), *record.diagnostics().values()]
+    texts.append(record.describe_unavailable())
     texts += [entry.getMessage() + repr(getattr(entry, "fields", "")) for entry in caplog.records]
     assert caplog.records  # the data path does log
     for text in texts:

@@ -76,3 +76,16 @@ def test_card_invariants() -> None:
 def test_delete_action_serialises_resource_id_only() -> None:
     action = Action(type="delete", description="Remove the order", resource_id="ServiceRequest/1")
     assert action.to_json() == {"type": "delete", "description": "Remove the order", "resourceId": "ServiceRequest/1"}
+
+
+def test_is_recommended_false_is_serialised_and_actions_have_no_uuid() -> None:
+    suggestion = Suggestion(label="Do it", uuid=UUID, actions=(_rating_action(),))
+    assert suggestion.to_json()["isRecommended"] is False  # compaction drops None and empties, never False
+    assert Suggestion(label="Do it", uuid=UUID, is_recommended=True).to_json()["isRecommended"] is True
+    card = Card(uuid=UUID, summary="s", indicator="info", source=SOURCE, suggestions=(suggestion,),
+                selection_behavior="at-most-one")  # fmt: skip
+    body = response_to_json(CdsResponse(cards=(card,), system_actions=(_rating_action(),)))
+    assert body["cards"][0]["suggestions"][0]["isRecommended"] is False
+    assert "uuid" not in body["systemActions"][0] and "uuid" not in body["cards"][0]["suggestions"][0]["actions"][0]
+    validate_against("response", body)
+    validate_against("cds-hooks-2.0-response", body)

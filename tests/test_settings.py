@@ -64,3 +64,50 @@ def test_bad_value_names_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(ConfigurationError) as caught:
         settings_from_env(env)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400", "0", "0.0", "20.5", "1e3"])
+def test_fhir_timeout_must_be_a_finite_positive_number_of_at_most_20_seconds(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"CDS_FHIR_TIMEOUT=.*: expected a positive number of at most 20"):
+        settings_from_env({"CDS_FHIR_TIMEOUT": value})
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("20", 20.0), ("0.25", 0.25), ("2.5", 2.5)])
+def test_fhir_timeout_within_bounds_is_accepted(value: str, seconds: float) -> None:
+    assert settings_from_env({"CDS_FHIR_TIMEOUT": value}).fhir_timeout == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["https://cds.example.org/cds-services/lumbar-imaging-order-select", "urn:oid:2.16.840.1.113883", "x-g:1"]
+)
+def test_qcdsm_uri_accepts_absolute_uris(value: str) -> None:
+    assert settings_from_env({"CDS_QCDSM_URI": value}).qcdsm_uri == value
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("G1011", "has no scheme"),
+        ("/cds-services/x", "has no scheme"),
+        ("https:///no-host", "has no host"),
+        ("urn:", "has nothing after the scheme"),
+        ("https://cds.example.org/a b", "contains white space"),
+        ("1urn:x", "has no scheme"),
+    ],
+)
+def test_qcdsm_uri_must_be_an_absolute_uri(value: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        settings_from_env({"CDS_QCDSM_URI": value})
+    assert f"CDS_QCDSM_URI={value!r}: not an absolute URI: it {problem}" in str(caught.value)
+
+
+def test_the_qcdsm_value_defaults_to_the_invoked_endpoint() -> None:
+    default = settings_from_env({})
+    assert default.qcdsm_uri_for("svc") == "http://127.0.0.1:8080/cds-services/svc"  # offline: the default server
+    assert default.qcdsm_uri_for("svc", "https://ehr-proxy.example.org/") == (
+        "https://ehr-proxy.example.org/cds-services/svc"
+    )
+    public = settings_from_env({"CDS_PUBLIC_URL": "https://cds.example.org/"})
+    assert public.qcdsm_uri_for("svc", "http://10.0.0.5:8080/") == "https://cds.example.org/cds-services/svc"
+    fixed = settings_from_env({"CDS_PUBLIC_URL": "https://cds.example.org", "CDS_QCDSM_URI": "urn:cms:G1011"})
+    assert fixed.qcdsm_uri_for("svc", "http://10.0.0.5:8080/") == "urn:cms:G1011"

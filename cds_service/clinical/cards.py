@@ -5,7 +5,7 @@ Every word a clinician reads comes from data: the card texts of the knowledge ba
 ``terms`` section), and every code a suggested order carries comes from the knowledge base's procedure
 codes. This module only decides *which* text, *which* evidence and *which* actions.
 
-Identifiers are deterministic so that golden files are byte-stable: card, suggestion and action uuids are
+Identifiers are deterministic so that golden files are byte-stable: card and suggestion uuids are
 ``uuid5(NAMESPACE, f"{hook_instance}|{purpose}|{order}")``; the PAMA consult id is ``urn:uuid:`` +
 ``uuid5(NAMESPACE, f"{session_key}|{order}")``, stable for the same order in the same ordering session.
 """
@@ -45,7 +45,8 @@ PAMA_RATING_URL = "http://fhir.org/argonaut/Extension/pama-rating"
 PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
 PAMA_CONSULT_ID_URL = "http://fhir.org/argonaut/Extension/pama-rating-consult-id"
 PAMA_AUC_APPLIED_URL = "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"
-_PAMA_URLS = frozenset({PAMA_RATING_URL, PAMA_CONSULT_ID_URL, PAMA_AUC_APPLIED_URL})
+PAMA_QCDSM_URL = "http://fhir.org/argonaut/Extension/pama-rating-qcdsm-consulted"
+_PAMA_URLS = frozenset({PAMA_RATING_URL, PAMA_CONSULT_ID_URL, PAMA_AUC_APPLIED_URL, PAMA_QCDSM_URL})
 # A card lists at most this many therapy items of each kind (the most recent): a long history must stay readable.
 MAX_EVIDENCE_ITEMS = 8
 # The procedures a suggestion can order, and the code systems such an order is coded in: the first CPT and the first
@@ -229,6 +230,8 @@ class RenderContext:
     user_id: str | None
     today: date
     consult_ids: Mapping[str, str]  # order reference -> its PAMA consult id (computed once, by the engine)
+    # The pama-rating-qcdsm-consulted value: CDS_QCDSM_URI, else the invoked service's endpoint URL.
+    qcdsm_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,21 +311,24 @@ class CardRenderer:
                 cards.append(self._card(concern, order_decision, rendering))
         return tuple(cards), tuple(actions)
 
-    def rating_extensions(self, rating: Rating, consult: str) -> list[dict[str, Any]]:
-        """The three Argonaut PAMA extensions for one rating (code plus the ACR category as a translation)."""
+    def rating_extensions(self, rating: Rating, consult: str, qcdsm_uri: str | None = None) -> list[dict[str, Any]]:
+        """The Argonaut PAMA extensions for one rating (code plus the ACR category as a translation)."""
         codings: list[dict[str, Any]] = [
             {"system": PAMA_RATING_SYSTEM, "code": rating.code, "display": self._terms["ratings"][rating.code]}
         ]
         if rating.category is not None:
             codings.append(self._texts.acr_category_codings[rating.category].to_json())
-        return [
+        extensions: list[dict[str, Any]] = [
             {"url": PAMA_RATING_URL, "valueCodeableConcept": {"coding": codings}},
             {"url": PAMA_CONSULT_ID_URL, "valueUri": consult},
             {"url": PAMA_AUC_APPLIED_URL, "valueUri": self._texts.source_url},
         ]
+        if qcdsm_uri:
+            extensions.append({"url": PAMA_QCDSM_URL, "valueUri": qcdsm_uri})
+        return extensions
 
     def _rating_action(self, order: DraftOrder, rating: Rating, context: RenderContext) -> Action:
-        extensions = self.rating_extensions(rating, context.consult_ids[order.reference])
+        extensions = self.rating_extensions(rating, context.consult_ids[order.reference], context.qcdsm_uri)
         template = self._terms["rating_action"] if rating.category else self._terms["rating_action_no_category"]
         return Action(
             type="update",
@@ -332,7 +338,6 @@ class CardRenderer:
                 category=self._terms["categories"].get(rating.category or "", ""),
             ),
             resource=_with_extensions(order.raw, extensions),
-            uuid=uuid_for(context.hook_instance, "rating", order.reference),
         )
 
     def _card_text(self, concern: Concern, order_decision: OrderDecision) -> Mapping[str, Any]:
@@ -644,20 +649,19 @@ class CardRenderer:
         purpose = f"{concern.kind}:{proposal.purpose}"
         label = self._suggestion_label(proposal, order)
         description = _fill(str(text.get("description") or label), symptom_weeks=self._thresholds.symptom_weeks)
-        action_uuid = uuid_for(rendering.context.hook_instance, f"action:{purpose}", order.reference)
         if proposal.action == "delete":
-            action = Action(type="delete", description=description, resource_id=order.reference, uuid=action_uuid)
+            action = Action(type="delete", description=description, resource_id=order.reference)
         elif proposal.action == "create":
             resource = self._new_order(concern, proposal, order_decision, rendering)
-            action = Action(type="create", description=description, resource=resource, uuid=action_uuid)
+            action = Action(type="create", description=description, resource=resource)
         else:
             resource = self._changed_order(concern, proposal, order_decision, rendering)
-            action = Action(type="update", description=description, resource=resource, uuid=action_uuid)
+            action = Action(type="update", description=description, resource=resource)
         return Suggestion(
             label=label,
             uuid=uuid_for(rendering.context.hook_instance, f"suggestion:{purpose}", order.reference),
             actions=(action,),
-            is_recommended=True if proposal.recommended else None,
+            is_recommended=proposal.recommended,
         )
 
     def _suggestion_label(self, proposal: Proposal, order: DraftOrder) -> str:
@@ -688,9 +692,9 @@ class CardRenderer:
             "text": self._terms["procedures"][key],
         }
 
-    def _rated_extensions(self, proposal: Proposal, consult: str) -> list[dict[str, Any]]:
+    def _rated_extensions(self, proposal: Proposal, consult: str, qcdsm_uri: str | None) -> list[dict[str, Any]]:
         """A suggested procedure carries the rating the decision gave it, when the known facts determine one."""
-        return self.rating_extensions(proposal.rating, consult) if proposal.rating is not None else []
+        return self.rating_extensions(proposal.rating, consult, qcdsm_uri) if proposal.rating is not None else []
 
     def _order_fields(self, concern: Concern, key: str, proposal: Proposal, rendering: _Rendering) -> dict[str, Any]:
         """What makes a suggested order complete: reasons, evidence references and notes (docs/clinical-rules.md)."""
@@ -742,7 +746,7 @@ class CardRenderer:
         consult = consult_id(context.session_key, f"{reference}|{concern.kind}:{proposal.purpose}")
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
-            "extension": self._rated_extensions(proposal, consult),
+            "extension": self._rated_extensions(proposal, consult, context.qcdsm_uri),
             "status": "draft",
             "intent": "order",
             # Text only: no verified code for "imaging" ships (reference/clinical.md), as in the converted order.
@@ -764,7 +768,8 @@ class CardRenderer:
             resource = _json_copy(order.raw)
             resource["priority"] = "stat"
             return resource
-        resource = _with_extensions(order.raw, self._rated_extensions(proposal, context.consult_ids[order.reference]))
+        consult = context.consult_ids[order.reference]
+        resource = _with_extensions(order.raw, self._rated_extensions(proposal, consult, context.qcdsm_uri))
         resource.setdefault("status", "draft")
         resource["intent"] = "order"  # a converted order is an order, whatever the draft was (proposal, plan)
         resource.setdefault("subject", {"reference": f"Patient/{context.patient_id}"})

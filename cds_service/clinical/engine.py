@@ -62,15 +62,22 @@ class ClinicalEngine:
         overrides = config.get("thresholds") or {}
         return cls(loaded, loaded.thresholds.with_overrides(overrides))
 
-    def evaluate(self, request: HookRequest, record: PatientRecord, *, now: datetime) -> Evaluation:
-        """Evaluate one request. Raises PreconditionFailed only when nothing at all can be determined."""
+    def evaluate(
+        self, request: HookRequest, record: PatientRecord, *, now: datetime, qcdsm_uri: str | None = None
+    ) -> Evaluation:
+        """Evaluate one request. Raises PreconditionFailed only when nothing at all can be determined.
+
+        ``qcdsm_uri`` is the value of every rating's ``pama-rating-qcdsm-consulted`` extension.
+        """
         extraction = self._reader.read(record, request.draft_orders, request.selections, now)
         decision = decide(extraction.facts, extraction.orders, self.rules, now.date())
-        if decision.needs_data and not decision.determined_anything and not extraction.facts.is_known("Condition"):
-            # Without the problem list nothing about the patient is known: 412 only then.
+        if decision.needs_data and not decision.determined_anything and not extraction.facts.any_known():
+            # No patient data at all was obtained and the draft orders alone determine nothing: 412 only then.
             missing = sorted({t for o in decision.orders for c in o.concerns for t in c.missing_types})
+            # Each type with why it is missing (the FHIR server refused the token, is not allowed ...).
             raise PreconditionFailed(
-                "Patient data needed to rate the order could not be obtained: " + ", ".join(missing)
+                "Patient data needed to rate the order could not be obtained: "
+                + (record.describe_unavailable(missing) or ", ".join(missing))
             )
         consults = {
             order.reference: consult_id(request.session_key, order.reference)
@@ -85,9 +92,12 @@ class ClinicalEngine:
             user_id=request.user_id,
             today=now.date(),
             consult_ids=consults,
+            qcdsm_uri=qcdsm_uri,
         )
         cards, actions = self._renderer.render(decision, context)
-        response = CdsResponse(cards=cards, system_actions=actions, extension=_data_quality(extraction))
+        response = CdsResponse(
+            cards=cards, system_actions=actions, extension=_data_quality(extraction, record.warnings)
+        )
         return Evaluation(
             response=response,
             ratings=_rating_records(decision, consults),
@@ -122,9 +132,11 @@ def _rating_records(decision: Decision, consults: Mapping[str, str]) -> tuple[Ra
     return tuple(records)
 
 
-def _data_quality(extraction: Extraction) -> Mapping[str, Any]:
-    """Skipped resources as an OperationOutcome-style warning in the response extension."""
-    if not extraction.skipped:
+def _data_quality(extraction: Extraction, record_warnings: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """Skipped resources, and results the data path cut short, as OperationOutcome-style warnings in the response
+    extension."""
+    if not extraction.skipped and not record_warnings:
         return {}
     issues = [{"severity": "warning", "code": "invalid", "diagnostics": note} for note in extraction.skipped]
+    issues += [{"severity": "warning", "code": "incomplete", "diagnostics": note} for note in record_warnings]
     return {DATA_QUALITY_KEY: {"resourceType": "OperationOutcome", "issue": issues}}

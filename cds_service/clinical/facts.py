@@ -18,6 +18,11 @@ from datetime import date
 from typing import Any, Literal
 
 OrderKind = Literal["imaging", "medication", "procedure", "referral", "other"]
+# Every resource type the record reader reads (the record's parts that can be obtained or not).
+RECORD_TYPES: tuple[str, ...] = (
+    "Patient", "Condition", "MedicationStatement", "MedicationRequest", "Procedure", "Observation",
+    "AllergyIntolerance", "Device", "ServiceRequest", "DiagnosticReport", "ImagingStudy",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,10 @@ class ClinicalFacts:
     def is_known(self, *resource_types: str) -> bool:
         """True when every one of the given resource types was obtained (possibly empty)."""
         return not any(t in self.unknown_types for t in resource_types)
+
+    def any_known(self) -> bool:
+        """True when some part of the record was obtained (possibly empty)."""
+        return len(self.unknown_types) < len(RECORD_TYPES)
 
 
 @dataclass(frozen=True)

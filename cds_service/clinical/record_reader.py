@@ -51,6 +51,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from cds_service.clinical.facts import (
+    RECORD_TYPES,
     ClinicalFacts,
     CodeRef,
     DraftOrder,
@@ -202,8 +203,7 @@ _MODELS: Mapping[str, Any] = {
 # Draft orders validated as R4; other versions' drafts (ProcedureRequest, MedicationOrder) are read leniently.
 _R4_DRAFT_MODELS: Mapping[str, Any] = {"ServiceRequest": ServiceRequest, "MedicationRequest": MedicationRequest}
 
-# Every resource type the engine reads; the missing-data card names the ones that could not be obtained.
-RECORD_TYPES: tuple[str, ...] = tuple(_MODELS)
+assert tuple(_MODELS) == RECORD_TYPES, "a model for every record type, in the same order"
 
 _DAYS_PER_UNIT = {
     "d": 1.0,

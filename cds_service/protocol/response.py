@@ -70,7 +70,8 @@ class Action(_JsonObject):
     description: str
     resource: Mapping[str, Any] | None = None
     resource_id: str | None = None  # relative reference, e.g. "ServiceRequest/123"; used for delete
-    uuid: str | None = None
+    # No uuid: the CDS Hooks 2.0 Action has no identifier (the spec's STU note on system-action feedback says so),
+    # and a strict client rejects a response with a member the spec does not define.
 
     def __post_init__(self) -> None:
         if self.type in ("create", "update") and self.resource is None:
@@ -80,7 +81,6 @@ class Action(_JsonObject):
 
     def _members(self) -> dict[str, Any]:
         return {
-            "uuid": self.uuid,
             "type": self.type,
             "description": self.description,
             "resource": self.resource,
@@ -93,7 +93,10 @@ class Suggestion(_JsonObject):
     label: str
     uuid: str
     actions: tuple[Action, ...] = ()
-    is_recommended: bool | None = None
+    # Always sent, true or false: the member is optional in CDS Hooks 2.0, but some client SDKs (HealthChain's
+    # response model among them) refuse a suggestion without it. Serialisation keeps False (only None and empty
+    # strings, arrays and objects are dropped).
+    is_recommended: bool = False
 
     def _members(self) -> dict[str, Any]:
         return {
