@@ -6,7 +6,10 @@ The browser tests are in ``test_demo_e2e.py``; these run without a browser.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -14,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import responses
 from appsupport import make_app
 from flask.testing import FlaskClient
-from support import REPO
+from servers import cds_service_command, running_service
+from support import REPO, free_port, wait_for_port
 
 from cds_service.app import create_app
 from cds_service.demo import build_patients
@@ -247,7 +252,11 @@ def test_record_helper_refuses_servers_the_service_may_not_call(demo_client: Fla
 
 @pytest.mark.parametrize(
     "body",
-    [{"fhirServer": "ftp://x", "patientId": "p1"}, {"fhirServer": "https://x", "patientId": "a b"}, ["not", "an object"]],
+    [
+        {"fhirServer": "ftp://x", "patientId": "p1"},
+        {"fhirServer": "https://x", "patientId": "a b"},
+        ["not", "an object"],
+    ],
 )
 def test_record_helper_rejects_bad_input(demo_client: FlaskClient, body: Any) -> None:
     answer = demo_client.post("/demo/api/record", json=body)
@@ -258,9 +267,7 @@ def test_record_helper_rejects_bad_input(demo_client: FlaskClient, body: Any) ->
 @responses.activate
 def test_record_helper_reads_through_the_service_data_source(tmp_path: Path) -> None:
     base = "https://fhir.test/r4"
-    app = create_app(
-        Settings(data_dir=str(tmp_path / "data"), fhir_servers=(base,)), {"TESTING": True}, demo=True
-    )
+    app = create_app(Settings(data_dir=str(tmp_path / "data"), fhir_servers=(base,)), {"TESTING": True}, demo=True)
     patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-01-01"}
     condition = {"resourceType": "Condition", "id": "c1", "code": {"text": "Low back pain"}}
     responses.get(f"{base}/Patient/p1", json=patient)
@@ -279,3 +286,58 @@ def test_record_helper_reads_through_the_service_data_source(tmp_path: Path) -> 
     assert "MedicationRequest" in body["unavailable"]
     sent = [call.request for call in responses.calls]
     assert all(request.headers.get("Authorization") == "Bearer secret-token" for request in sent)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def _run_command(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the installed console script; its output goes to a file (a pipe could fill up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_DATA_DIR"] = str(tmp_path / "data")
+    log_path = tmp_path / "output.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*cds_service_command(), *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return process, log_path
+
+
+def _stop(process: subprocess.Popen[bytes], log_path: Path) -> str:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return log_path.read_text(errors="replace")
+
+
+@pytest.mark.integration
+def test_cds_service_demo_serves_the_page_and_serve_does_not(tmp_path: Path) -> None:
+    port = free_port()
+    demo, log_path = _run_command(["demo", "--port", str(port)], tmp_path)
+    try:
+        wait_for_port(port, timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        page = requests.get(f"{base}/demo/", timeout=10)
+        assert page.status_code == 200 and "Order entry" in page.text
+        assert requests.get(f"{base}/demo/api/patients", timeout=10).json()["patients"]
+        assert requests.get(f"{base}/cds-services", timeout=10).status_code == 200
+    finally:
+        output = _stop(demo, log_path)
+    assert f"http://127.0.0.1:{port}/demo/" in output
+
+    with running_service() as service:
+        assert requests.get(f"{service.base_url}/demo/", timeout=10).status_code == 404
+        assert requests.get(f"{service.base_url}/cds-services", timeout=10).status_code == 200
+
+
+def test_cds_service_demo_keeps_to_loopback(tmp_path: Path) -> None:
+    process, log_path = _run_command(["demo", "--host", "0.0.0.0", "--port", str(free_port())], tmp_path)
+    try:
+        assert process.wait(timeout=30) == 2
+    finally:
+        output = _stop(process, log_path)
+    assert "refusing to bind 0.0.0.0" in output

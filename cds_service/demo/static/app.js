@@ -15,11 +15,31 @@ import {
 } from "./cds.js";
 import { renderMarkdown, safeUrl } from "./markdown.js";
 
+// Icons are drawn, not font glyphs: a missing glyph must never hide how urgent a card is.
 const INDICATORS = {
-  critical: { rank: 0, icon: "⛔", label: "Critical" },
-  warning: { rank: 1, icon: "⚠", label: "Warning" },
-  info: { rank: 2, icon: "ℹ", label: "Info" },
+  critical: { rank: 0, shape: "polygon", points: "6,1 14,1 19,6 19,14 14,19 6,19 1,14 1,6", mark: "!", label: "Critical" },
+  warning: { rank: 1, shape: "polygon", points: "10,1 19.5,18.5 0.5,18.5", mark: "!", label: "Warning" },
+  info: { rank: 2, shape: "circle", mark: "i", label: "Info" },
 };
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function indicatorIcon(indicator) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  for (const [name, value] of Object.entries({ viewBox: "0 0 20 20", width: "22", height: "22", "aria-hidden": "true", class: "indicator-icon" })) {
+    svg.setAttribute(name, value);
+  }
+  const shape = document.createElementNS(SVG_NS, indicator.shape ?? "circle");
+  if (indicator.shape === "polygon") shape.setAttribute("points", indicator.points);
+  else for (const [name, value] of Object.entries({ cx: "10", cy: "10", r: "9.5" })) shape.setAttribute(name, value);
+  shape.setAttribute("fill", "currentColor");
+  const mark = document.createElementNS(SVG_NS, "text");
+  for (const [name, value] of Object.entries({ x: "10", y: indicator.mark === "i" ? "15" : "16", "text-anchor": "middle", "font-size": "13", "font-weight": "700", fill: "#fff" })) {
+    mark.setAttribute(name, value);
+  }
+  mark.textContent = indicator.mark ?? "?";
+  svg.append(shape, mark);
+  return svg;
+}
 const MAX_EXCHANGES = 25;
 const DEMO_USER = "Practitioner/demo-clinician";
 
@@ -505,11 +525,13 @@ function conditionItem(condition) {
 
 function medicationItem(resource) {
   const concept = resource.medicationCodeableConcept ?? (resource.medicationReference ? { text: resource.medicationReference.display ?? resource.medicationReference.reference } : null);
+  const supply = resource.dispenseRequest?.expectedSupplyDuration;
   const when =
     periodText(resource.effectivePeriod) ||
     dateOnly(resource.effectiveDateTime) ||
-    periodText(resource.dispenseRequest?.validityPeriod) ||
-    dateOnly(resource.authoredOn);
+    [dateOnly(resource.authoredOn), supply?.value ? `${supply.value} ${supply.unit ?? "days"} supply` : ""]
+      .filter(Boolean)
+      .join(", ");
   const dosage = (resource.dosageInstruction ?? resource.dosage ?? []).map((d) => d.text).filter(Boolean).join("; ");
   const kind = resource.resourceType === "MedicationStatement" ? "statement" : "order";
   const meta = [resource.status, kind, when].filter(Boolean).join(" · ");
@@ -709,7 +731,7 @@ function renderCards() {
 
 function renderCard(entry) {
   const { card, key } = entry;
-  const indicator = INDICATORS[card.indicator] ?? { icon: "•", label: card.indicator };
+  const indicator = INDICATORS[card.indicator] ?? { mark: "?", label: card.indicator };
   const summaryId = `card-${key}-summary`;
   const article = el("article", {
     class: `card card--${card.indicator}`,
@@ -720,7 +742,7 @@ function renderCard(entry) {
     el(
       "header",
       { class: "card-header" },
-      el("span", { class: "indicator-icon", text: indicator.icon, attrs: { "aria-hidden": "true" } }),
+      indicatorIcon(indicator),
       el("h3", { class: "card-summary", attrs: { id: summaryId } }, el("span", { class: "indicator-label", text: `${indicator.label}: ` }), card.summary),
     ),
   );
