@@ -476,17 +476,20 @@ def test_keyboard_only(page: Page, demo_server: DemoServer, shot: Shot) -> None:
     assert page.evaluate("document.activeElement.classList.contains('dismiss')")
 
 
-def test_narrow_window_has_no_sideways_scrolling(browser: Browser, demo_server: DemoServer, shot: Shot) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844})
+@pytest.mark.parametrize("width", [1280, 390])
+def test_no_sideways_scrolling_at_desktop_and_phone_widths(
+    browser: Browser, demo_server: DemoServer, shot: Shot, width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 844})
     context.set_default_timeout(TIMEOUT_MS)
-    narrow = context.new_page()
+    sized = context.new_page()
     try:
-        open_patient(narrow, demo_server, "failed-therapy-radiculopathy")
-        add_order(narrow, "72131")
-        expect(card(narrow, "info")).to_have_count(1)
-        overflow = narrow.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, f"the page is {overflow} px wider than a 390 px window"
-        shot(narrow, "1-narrow")
+        open_patient(sized, demo_server, "prior-laminectomy")  # a card with several suggestions and long lines
+        add_order(sized, "72131")
+        expect(sized.locator("#cards article button.suggestion").first).to_be_visible()
+        overflow = sized.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a {width} px window"
+        shot(sized, "1-card")
     finally:
         context.close()
 

@@ -62,6 +62,22 @@ def orderable_list() -> Response:
     return Response(orjson.dumps(orderables()), mimetype=JSON_MIMETYPE)
 
 
+def _same_origin_only() -> None:
+    """Refuse calls from other sites' pages.
+
+    The service answers every origin (CORS ``*``, for sandbox work), and this helper returns raw records
+    from the allowed FHIR servers: without this check any web page open in the same browser could use a
+    running demo to read them. Browsers mark cross-site requests (Sec-Fetch-Site, Origin); tools such as
+    curl send neither and are not refused.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if fetch_site not in (None, "same-origin", "none") or (
+        origin is not None and origin.rstrip("/") != request.host_url.rstrip("/")
+    ):
+        raise BadRequest("the record helper answers the demo page only (a same-origin request)")
+
+
 @demo_blueprint.post("/api/record")
 def record() -> Response:
     """A patient's record from a FHIR server, read as the service reads it (for the page's lists).
@@ -70,6 +86,7 @@ def record() -> Response:
     The server must be one the service may call (``CDS_FHIR_SERVERS``); the token is used for this
     call only and never stored or logged.
     """
+    _same_origin_only()
     body = request.get_json(silent=True)
     if not isinstance(body, Mapping):
         raise BadRequest("the body must be a JSON object with fhirServer and patientId")

@@ -155,14 +155,14 @@ async function post(url, body, label) {
       json = null;
     }
     renderExchanges();
-    return { ok: response.ok, status: response.status, statusText: response.statusText, json, text, ms: exchange.ms };
+    return { ok: response.ok, status: response.status, statusText: response.statusText, json, text, ms: exchange.ms, exchange };
   } catch (failure) {
     exchange.ms = Math.round(performance.now() - started);
     exchange.status = 0;
     exchange.statusText = "no response";
     exchange.responseText = String(failure);
     renderExchanges();
-    return { ok: false, status: 0, failure: String(failure), ms: exchange.ms };
+    return { ok: false, status: 0, failure: String(failure), ms: exchange.ms, exchange };
   }
 }
 
@@ -206,8 +206,7 @@ async function callHook(hook) {
   renderBasket();
   const result = await post(`/cds-services/${encodeURIComponent(service.id)}`, body, hook);
   if (seq !== state.seq) {
-    const exchange = state.exchanges.find((item) => item.requestText === JSON.stringify(body, null, 2));
-    if (exchange) exchange.superseded = true;
+    result.exchange.superseded = true;
     renderExchanges();
     return null; // a newer call is on its way: its answer replaces everything
   }
