@@ -77,11 +77,15 @@ def components() -> Components:
     return value
 
 
-def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, overrides: Mapping[str, Any] | None = None, *, demo: bool = False
+) -> Flask:
     """Create the WSGI application.
 
     :param settings: settings to use; read from the ``CDS_*`` environment when omitted.
     :param overrides: Flask config overrides (``{"TESTING": True}`` in tests).
+    :param demo: also serve the order-entry demo page under ``/demo/`` (``cds-service demo``; never
+        in production ``serve``).
     """
     settings = settings or settings_from_env()
     registry = load_registry(settings.hooks_dir)
@@ -101,6 +105,10 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     )
     app.register_blueprint(cds_blueprint)
     app.register_blueprint(ops_blueprint)
+    if demo:
+        from cds_service.demo.routes import demo_blueprint  # imported only when wanted: it imports this module
+
+        app.register_blueprint(demo_blueprint)
     app.register_error_handler(CdsError, _cds_error_response)
     app.register_error_handler(HTTPException, _http_error_response)
     app.register_error_handler(Exception, _unexpected_error_response)

@@ -1,4 +1,4 @@
-"""The ``cds-service`` command: ``serve``, ``evaluate`` and ``check-config``."""
+"""The ``cds-service`` command: ``serve``, ``demo``, ``evaluate`` and ``check-config``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     serve.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
 
+    demo = commands.add_parser(
+        "demo", help="run the service with the order-entry demo page at http://127.0.0.1:8080/demo/"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
     evaluate = commands.add_parser("evaluate", help="evaluate one CDS Hooks request offline and print the response")
     evaluate.add_argument("request", help="request JSON file, or - for standard input")
     evaluate.add_argument(
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args.host, args.port, args.workers, args.threads)
+        if args.command == "demo":
+            return _serve(args.host, args.port, workers=1, threads=8, demo=True)
         if args.command == "evaluate":
             return _evaluate(args.request, args.now, args.service)
         return _check_config(connect=args.connect)
@@ -58,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _serve(host: str, port: int, workers: int, threads: int) -> int:
+def _serve(host: str, port: int, workers: int, threads: int, demo: bool = False) -> int:
     from cds_service.settings import settings_from_env
 
     settings = settings_from_env()
+    if demo and not settings.open_mode:
+        # The page is a browser client without a signing key: it could not call an authenticated service.
+        print(
+            "cds-service: demo ignores CDS_TRUSTED_CLIENTS (the page calls the service without a JWT)", file=sys.stderr
+        )
+        settings = settings.with_overrides({"trusted_clients_path": None})
     if settings.open_mode and not is_loopback_host(host) and not settings.allow_open:
         print(
             f"cds-service: refusing to bind {host}: no trusted clients are configured (CDS_TRUSTED_CLIENTS), so "
@@ -84,7 +98,7 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
     from cds_service.logs import configure_logging
 
     configure_logging(settings.log_level)
-    create_app(settings)  # fail fast in the master on any configuration problem, before forking workers
+    create_app(settings, demo=demo)  # fail fast in the master on any configuration problem, before forking workers
     if not settings.open_mode and settings.redis_url is None and workers > 1:
         # Each worker process keeps its own jti cache: a replay that lands on another worker would pass.
         log.warning(
@@ -102,6 +116,9 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
         mode,
         extra={"fields": {"event": "startup", "mode": "trusted" if not settings.open_mode else "open"}},
     )
+    if demo:
+        shown_host = f"[{host}]" if ":" in host else host
+        print(f"cds-service demo: open http://{shown_host}:{port}/demo/ (Ctrl-C stops)", file=sys.stderr, flush=True)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -123,7 +140,7 @@ def _serve(host: str, port: int, workers: int, threads: int) -> int:
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            app = create_app(settings)
+            app = create_app(settings, demo=demo)
             tune_gc_for_serving()
             return app
 
