@@ -93,10 +93,11 @@ PROCEDURE_SLUGS: dict[tuple[str, str], str] = {
     (LOINC, "24578-7"): "bone-scan",
 }
 PROCEDURES = sorted(set(PROCEDURE_SLUGS.values()))
+URGENCIES = ("stat", "urgent")  # suggested order priorities a kind names: create-mri-wo-stat, convert-to-mri-wo-urgent
 SUGGESTION_KINDS = (
     {"delete-order"}
     | {f"{verb}-{slug}" for verb in ("create", "convert-to") for slug in PROCEDURES}
-    | {f"{verb}-{slug}-stat" for verb in ("create", "convert-to") for slug in PROCEDURES}
+    | {f"{verb}-{slug}-{urgency}" for verb in ("create", "convert-to") for slug in PROCEDURES for urgency in URGENCIES}
 )
 # FHIR versions whose order resources R4B models cannot validate (the public Sandbox sends them).
 PRE_R4_ORDER_TYPES = {"ProcedureRequest", "MedicationOrder"}
@@ -239,7 +240,7 @@ def _action_kind(action: Mapping[str, Any]) -> str:
         return "delete-order"
     resource = action["resource"]
     verb = "create" if action["type"] == "create" else "convert-to"
-    urgency = "-stat" if resource.get("priority") == "stat" else ""
+    urgency = f"-{resource['priority']}" if resource.get("priority") in ("stat", "urgent") else ""
     return f"{verb}-{_procedure_slug(resource)}{urgency}"
 
 

@@ -617,8 +617,8 @@ def _variant_concern(
         remove = Proposal("remove", "delete", recommended=True)
         if under_threshold:
             return Concern("conservative_care_first", order.reference, (remove,))
-        tried = therapy.nsaid_courses or therapy.steroid_courses or evidence.uncounted_medications
-        return Concern("inadequate_therapy" if tried else "no_documented_therapy", order.reference, (remove,))
+        tried = (therapy.nsaid_courses, therapy.steroid_courses, therapy.maintenance, evidence.uncounted_medications)
+        return Concern("inadequate_therapy" if any(tried) else "no_documented_therapy", order.reference, (remove,))
     return None
 
 
