@@ -79,7 +79,7 @@ def test_summary_of_140_characters_or_more(knowledge_dir: Path) -> None:
         data["cards"]["pregnancy"]["summary"] = "x" * 130 + " {device}"
 
     problems = _problems_after(knowledge_dir, "cards.json", change)
-    assert problems == ["cards.json: card 'pregnancy': summary can reach 161 characters (limit: under 140)"]
+    assert problems == ["cards.json: card 'pregnancy': summary can reach 171 characters (limit: under 140)"]
 
 
 def test_inappropriate_as_a_verdict(knowledge_dir: Path) -> None:
