@@ -149,7 +149,8 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
 # Codes clinical.md marks UNVERIFIED or calls wrong: none of them may be shipped.
 NOT_SHIPPED: list[tuple[str, str]] = [
     (RXNORM, "41493"), (RXNORM, "35827"), (RXNORM, "5781"), (RXNORM, "24605"), (RXNORM, "31448"),
-    (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1514"), (RXNORM, "1347"), (RXNORM, "2878"), (RXNORM, "22396"),
+    # 1514 betamethasone and 2878 cortisone left this list: now V (US Core common substances VSAC expansion).
+    (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1347"), (RXNORM, "22396"),
     (RXNORM, "6835"), (RXNORM, "202472"), (RXNORM, "54552"),
     # 14106009 (cardiac pacemaker device) left this list: now V (VSAC Cardiac Pacer 2.16.840.1.113883.3.526.3.1193).
     (SNOMED, "386661006"), (SNOMED, "89362005"), (SNOMED, "72042002"), (SNOMED, "6077001"),
@@ -284,6 +285,18 @@ def test_value_sets_carry_the_display_the_source_gives() -> None:
         }
         if shipped != {display}:
             wrong.append((key, code, display, sorted(shipped)))
+    assert not wrong, wrong[:10]
+
+
+def test_products_carry_the_display_the_source_gives() -> None:
+    medications = json.loads((KNOWLEDGE_DIR / "medications.json").read_text(encoding="utf-8"))
+    products = {product["rxnorm"]: product for product in medications["products"]}
+    wrong = [
+        (code, display)
+        for (system, code), display, _mark, _source, meaning in TABLE_ROWS
+        if system == RXNORM and code in products
+        and (products[code]["display"] != display or meaning != f"drug:{products[code]['ingredient']}")
+    ]  # fmt: skip
     assert not wrong, wrong[:10]
 
 

@@ -5,7 +5,7 @@ Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE
 ``valuesets/<concept key>.json``  FHIR R4 ValueSets; ICD-10-CM filters expanded here
 ``icd10cm_snapshot.json``         ICD-10-CM expansions and descriptions (generated: see ``icd10cm.py``)
 ``keywords.json``                 text keywords per concept (lower confidence)
-``medications.json``              NSAID and systemic corticosteroid codes, products, text rules
+``medications.json``              drug classes by ingredient (NSAID, steroid, cancer therapy, immunosuppressant)
 ``procedures.json``               imaging codes -> ACR procedure keys; the suggested MRI order
 ``acr_ratings.json``              ACR category per procedure key and variant
 ``cards.json``                    card templates, references and override reasons
@@ -46,7 +46,17 @@ KNOWLEDGE_DIR: Final = Path(__file__).resolve().parent
 SOURCE_EXTENSION: Final = "http://lumbar-imaging-cds.example.org/fhir/StructureDefinition/source"
 SUMMARY_LIMIT: Final = 140  # CDS Hooks: summary "<140 characters"
 CARD_INDICATORS: Final = frozenset({"info", "warning", "critical"})
-DRUG_CLASSES: Final = frozenset({"nsaid", "systemic_corticosteroid"})
+DRUG_CLASSES: Final = frozenset(
+    {"nsaid", "systemic_corticosteroid", "antineoplastic", "hormonal_cancer_therapy", "immunosuppressant"}
+)
+# ATC groups an ingredient's own ATC code must fall in, per class (WHOCC index); any other is a data error.
+_ATC_GROUPS: Final[dict[str, tuple[str, ...]]] = {
+    "nsaid": ("M01A", "N02BA"),
+    "systemic_corticosteroid": ("H02AB",),
+    "antineoplastic": ("L01",),
+    "hormonal_cancer_therapy": ("L02",),
+    "immunosuppressant": ("L04",),
+}
 # The cards the clinical engine renders (PRODUCT.md §3.5 and the extra situations of issue 3).
 REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "cauda_equina", "cancer_infection", "cancer_infection_contrast_concern", "fracture_risk", "prior_surgery",
@@ -69,7 +79,7 @@ _TERM_PLACEHOLDERS: Final = frozenset(
 _CONCEPTS_WITHOUT_NAMES: Final = frozenset({"body_temperature", "egfr", "pregnancy_test"})
 # A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
 _FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
-_STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? MG$")
+_STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? (?:MG|UNT)(?:/ML|/MG)?$")
 _SEPARATORS: Final = re.compile(r"[\s\-]+")
 
 
@@ -344,6 +354,15 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             problems.add(file, f"{where}: {code} is mapped twice ({codes[key].ingredient} and {info.ingredient})")
         codes[key] = info
 
+    non_systemic = data.get("non_systemic_text") or {}
+    non_systemic_patterns = {group: words_pattern(words) for group, words in non_systemic.items() if group != "source"}
+
+    def _form_is_systemic(dose_form: str, drug_class: str) -> bool:
+        return not any(
+            pattern is not None and pattern.search(dose_form)
+            for pattern in (non_systemic_patterns.get("all"), non_systemic_patterns.get(drug_class))
+        )
+
     classes: dict[str, str] = {}
     names: dict[str, tuple[str, str]] = {}
     for entry in data.get("ingredients") or ():
@@ -360,8 +379,10 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             register(RXNORM, item.get("code", ""), info, f"ingredient {name!r}", item.get("source"))
         for item in entry.get("atc") or ():
             atc_code = item.get("code", "")
-            if drug_class == "nsaid" and not atc_code.startswith(("M01A", "N02BA")):
-                problems.add(file, f"ingredient {name!r}: ATC {atc_code} is not an NSAID code (M01A, N02BA)")
+            groups = _ATC_GROUPS[drug_class]
+            if not atc_code.startswith(groups):
+                outside = f"ATC {atc_code} is outside the {drug_class} ATC group ({', '.join(groups)})"
+                problems.add(file, f"ingredient {name!r}: {outside}")
             info = MedicationInfo(name, drug_class, systemic=True)
             register(ATC, atc_code, info, f"ingredient {name!r}", item.get("source"))
         for text_name in entry.get("text_names") or ():
@@ -376,10 +397,16 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             continue
         strength = product.get("strength")
         if strength is not None and not _STRENGTH_FORMAT.match(strength):
-            problems.add(file, f"product {code}: strength {strength!r} is not like '500 MG'")
+            problems.add(file, f"product {code}: strength {strength!r} is not like '500 MG' or '20 MG/ML'")
+        dose_form = product.get("dose_form")
+        systemic = bool(product.get("systemic", True))
+        if isinstance(dose_form, str) and dose_form and _form_is_systemic(dose_form, classes[ingredient]) != systemic:
+            # The dose form decides; a flag that disagrees with it is a data error, not a second opinion.
+            problems.add(file, f"product {code}: systemic {systemic} contradicts its dose form {dose_form!r}")
         info = MedicationInfo(
-            ingredient, classes[ingredient], systemic=bool(product.get("systemic", True)), strength=strength
-        )
+            ingredient, classes[ingredient], systemic=systemic, strength=strength,
+            dose_form=dose_form if isinstance(dose_form, str) and dose_form else None,
+        )  # fmt: skip
         register(RXNORM, code, info, f"product {code}", product.get("source"))
     for item in aspirin_rules.get("atc") or ():
         info = MedicationInfo("aspirin", "nsaid", systemic=True, antiplatelet_aspirin=True)
@@ -404,7 +431,6 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
             if normalised in names:
                 problems.add(file, f"text name {text_name!r} is both a therapy ingredient and excluded")
             not_counted_names[normalised] = reason
-    non_systemic = data.get("non_systemic_text") or {}
     for group in non_systemic:
         if group not in DRUG_CLASSES | {"all", "source"}:
             problems.add(file, f"non_systemic_text: unknown group {group!r}")
@@ -418,9 +444,7 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
         atc_excluded_prefixes=excluded,
         ingredient_pattern=words_pattern(names),
         ingredient_of_name=MappingProxyType(names),
-        non_systemic_patterns=MappingProxyType(
-            {group: words_pattern(words) for group, words in non_systemic.items() if group != "source"}
-        ),
+        non_systemic_patterns=MappingProxyType(non_systemic_patterns),
         antiplatelet_pattern=words_pattern(aspirin_rules.get("text_markers") or ()),
         antiplatelet_max_mg=float(max_mg),
         unknown_strength_is_antiplatelet=unknown_strength_is_antiplatelet,
