@@ -337,6 +337,9 @@ def test_aspirin(knowledge: Knowledge) -> None:
     # An aspirin ingredient code says nothing of the dose; most listed aspirin is the daily antiplatelet dose.
     ingredient_only = knowledge.medication(RXNORM, "1191")
     assert ingredient_only is not None and ingredient_only.antiplatelet_aspirin
+    # A product code carries its strength: aspirin 81 mg tablets (in the Synthea sample set) are antiplatelet.
+    tablet = knowledge.medication(RXNORM, "243670")
+    assert tablet is not None and tablet.antiplatelet_aspirin and tablet.strength == "81 MG"
 
 
 STEROIDS = {"methylprednisolone", "hydrocortisone", "prednisone", "prednisolone"}

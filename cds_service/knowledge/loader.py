@@ -336,6 +336,11 @@ def _load_keywords(
 # -- medications -------------------------------------------------------------------------------
 
 
+def _mg(strength: str) -> float:
+    """The number of a strength such as '81 MG' (per unit of the dose form for '20 MG/ML')."""
+    return float(strength.split(" ", 1)[0])
+
+
 def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex | None:
     file = "medications.json"
     data = _read_json(directory, file, problems)
@@ -344,6 +349,10 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
     _check_version(file, data, problems)
     aspirin_rules = data.get("antiplatelet_aspirin") or {}
     unknown_strength_is_antiplatelet = bool(aspirin_rules.get("unknown_strength_is_antiplatelet", True))
+    max_mg = aspirin_rules.get("max_strength_mg")
+    if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
+        problems.add(file, "antiplatelet_aspirin.max_strength_mg must be a positive number")
+        max_mg = 100
     codes: dict[tuple[str, str], MedicationInfo] = {}
 
     def register(system: str, code: str, info: MedicationInfo, where: str, source: Any) -> None:
@@ -403,8 +412,12 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
         if isinstance(dose_form, str) and dose_form and _form_is_systemic(dose_form, classes[ingredient]) != systemic:
             # The dose form decides; a flag that disagrees with it is a data error, not a second opinion.
             problems.add(file, f"product {code}: systemic {systemic} contradicts its dose form {dose_form!r}")
+        # An aspirin product's own strength decides antiplatelet (81 mg) vs analgesic aspirin.
+        antiplatelet = ingredient == "aspirin" and (
+            unknown_strength_is_antiplatelet if strength is None else _mg(strength) <= float(max_mg)
+        )
         info = MedicationInfo(
-            ingredient, classes[ingredient], systemic=systemic, strength=strength,
+            ingredient, classes[ingredient], systemic=systemic, strength=strength, antiplatelet_aspirin=antiplatelet,
             dose_form=dose_form if isinstance(dose_form, str) and dose_form else None,
         )  # fmt: skip
         register(RXNORM, code, info, f"product {code}", product.get("source"))
@@ -434,10 +447,6 @@ def _load_medications(directory: Path, problems: _Problems) -> MedicationIndex |
     for group in non_systemic:
         if group not in DRUG_CLASSES | {"all", "source"}:
             problems.add(file, f"non_systemic_text: unknown group {group!r}")
-    max_mg = aspirin_rules.get("max_strength_mg")
-    if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
-        problems.add(file, "antiplatelet_aspirin.max_strength_mg must be a positive number")
-        max_mg = 100
     return MedicationIndex(
         codes=MappingProxyType(codes),
         atc_classes=tuple(rules),
