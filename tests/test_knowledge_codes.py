@@ -78,9 +78,7 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (LOINC, "2106-3"): ("C", EGFR, "concept:pregnancy_test"),
     # CPT prior lumbar surgery (clinical.md §3.6)
     (CPT, "63030"): ("V", SURG, "concept:prior_lumbar_surgery"),
-    (CPT, "63035"): ("V", SURG, "concept:prior_lumbar_surgery"),
     (CPT, "63047"): ("V", SURG, "concept:prior_lumbar_surgery"),
-    (CPT, "63048"): ("V", SURG, "concept:prior_lumbar_surgery"),
     # Imaging (clinical.md §3.4)
     (CPT, "72148"): ("V", CPT_DESC, "procedure:MR_LSPINE_WO"),
     (CPT, "72149"): ("V", CPT_DESC, "procedure:MR_LSPINE_W"),
@@ -166,15 +164,16 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
 # Codes clinical.md marks UNVERIFIED or calls wrong: none of them may be shipped.
 NOT_SHIPPED: list[tuple[str, str]] = [
     (RXNORM, "41493"), (RXNORM, "35827"), (RXNORM, "5781"), (RXNORM, "24605"), (RXNORM, "31448"),
-    (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1514"), (RXNORM, "1347"), (RXNORM, "2878"), (RXNORM, "22396"),
+    # 1514 betamethasone and 2878 cortisone left this list: now V (US Core common substances VSAC expansion).
+    (RXNORM, "6142"), (RXNORM, "8356"), (RXNORM, "1347"), (RXNORM, "22396"),
     (RXNORM, "6835"), (RXNORM, "202472"), (RXNORM, "54552"),
     # 14106009 (cardiac pacemaker device) left this list: now V (VSAC Cardiac Pacer 2.16.840.1.113883.3.526.3.1193).
     (SNOMED, "386661006"), (SNOMED, "89362005"), (SNOMED, "72042002"), (SNOMED, "6077001"),
     (LOINC, "24531-6"), (LOINC, "36402-6"), (LOINC, "24974-8"), (LOINC, "24970-6"), (LOINC, "24972-2"),
     (LOINC, "24971-4"), (LOINC, "88293-6"), (LOINC, "88294-4"), (LOINC, "50044-7"), (LOINC, "2118-8"),
     (LOINC, "19080-1"), (LOINC, "82810-3"), (LOINC, "24963-1"),
-    (CPT, "62321"), (CPT, "62323"), (CPT, "64483"), (CPT, "64484"), (CPT, "22612"), (CPT, "22630"),
-    (CPT, "22633"), (CPT, "22558"), (CPT, "63042"), (CPT, "63005"), (CPT, "62380"), (CPT, "62304"),
+    # 22612, 22630, 22633, 22558, 63042, 63005 and 62380 left this list: their lumbar descriptors are now verified (V).
+    (CPT, "62321"), (CPT, "62323"), (CPT, "64483"), (CPT, "64484"), (CPT, "62304"),
     (CPT, "72265"), (CPT, "78306"), (CPT, "78830"),
     (ATC, "M01AB08"), (ATC, "M01AX01"), (ATC, "H02AB07"), (ATC, "H02AB04"),
     (RADLEX, "RPID31"), (RADLEX, "RPID32"),
@@ -304,12 +303,46 @@ def test_value_sets_carry_the_display_the_source_gives() -> None:
     assert not wrong, wrong[:10]
 
 
+def test_products_carry_the_display_the_source_gives() -> None:
+    medications = json.loads((KNOWLEDGE_DIR / "medications.json").read_text(encoding="utf-8"))
+    products = {product["rxnorm"]: product for product in medications["products"]}
+    wrong = [
+        (code, display)
+        for (system, code), display, _mark, _source, meaning in TABLE_ROWS
+        if system == RXNORM and code in products
+        and (products[code]["display"] != display or meaning != f"drug:{products[code]['ingredient']}")
+    ]  # fmt: skip
+    assert not wrong, wrong[:10]
+
+
 def test_table_marks_say_where_the_code_was_seen() -> None:
     for (_system, code), _display, mark, source, _meaning in TABLE_ROWS:
-        # V: one standards artefact (a file in a repository, at a commit); C: two independent sources.
-        assert "@" in source and ":" in source, code
+        # V: a standards artefact (a file in a repository at a commit, or a page); C: two independent sources.
+        for part in source.split("; "):
+            assert part.startswith("https://") or ("@" in part and ":" in part), (code, part)
         if mark == "C":
             assert ";" in source, f"{code}: a C mark needs two sources"
+
+
+# Cervical and thoracic surgery, and add-on codes of any region: never evidence of prior lumbar surgery.
+NOT_LUMBAR_SURGERY = [
+    (CPT, "22551"), (CPT, "22600"), (CPT, "22610"), (CPT, "63001"), (CPT, "63015"), (CPT, "63020"), (CPT, "63045"),
+    (CPT, "63046"), (CPT, "22614"), (CPT, "22632"), (CPT, "22585"), (CPT, "63035"), (CPT, "63048"),
+    (ICD10CM, "Z98.1"), (ICD10CM, "Z981"),  # arthrodesis status: any joint, any spinal region
+    (SNOMED, "202723000"), (SNOMED, "202724006"),  # cervical and thoracic post-laminectomy syndrome
+    (SNOMED, "260648008"), (SNOMED, "283165009"),  # hemilaminectomy, decompression laminectomy: no region
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("coding", NOT_LUMBAR_SURGERY)
+def test_cervical_thoracic_and_unlocated_surgery_is_not_lumbar(coding: tuple[str, str]) -> None:
+    assert "prior_lumbar_surgery" not in load_knowledge().concepts_of(*coding)
+
+
+@pytest.mark.parametrize("code", ["22558", "22612", "22630", "22633", "63005", "63012", "63017", "63030", "63042",
+                                  "63044", "63047", "62380", "22533"])  # fmt: skip
+def test_lumbar_fusion_laminectomy_and_discectomy_codes_are_prior_lumbar_surgery(code: str) -> None:
+    assert "prior_lumbar_surgery" in load_knowledge().concepts_of(CPT, code)
 
 
 def _means(coding: tuple[str, str], meaning: str) -> bool:

@@ -228,13 +228,88 @@ def test_concepts_of_text(knowledge: Knowledge, text: str | None, expected: set[
 
 def test_ingredient_and_product_codes(knowledge: Knowledge) -> None:
     assert knowledge.medication(RXNORM, "7258") == MedicationInfo("naproxen", "nsaid", systemic=True)
-    assert knowledge.medication(RXNORM, "849431") == MedicationInfo("naproxen", "nsaid", True, strength="550 MG")
+    assert knowledge.medication(RXNORM, "849431") == MedicationInfo(
+        "naproxen", "nsaid", True, strength="550 MG", dose_form="Oral Tablet"
+    )
     assert knowledge.medication(RXNORM, "6902") == MedicationInfo("methylprednisolone", "systemic_corticosteroid", True)
     assert knowledge.medication("urn:oid:2.16.840.1.113883.6.88", "197807") == MedicationInfo(
-        "ibuprofen", "nsaid", True, strength="800 MG"
+        "ibuprofen", "nsaid", True, strength="800 MG", dose_form="Oral Tablet"
     )
     assert knowledge.medication(RXNORM, "161") is None  # acetaminophen is not an NSAID trial
     assert knowledge.medication(SNOMED, "7258") is None
+
+
+@pytest.mark.parametrize(
+    ("code", "ingredient", "drug_class", "strength", "dose_form"),
+    [
+        # Products of the public Synthea sample set (cancer and immunosuppression patients).
+        ("1736854", "cisplatin", "antineoplastic", "50 MG", "Injection"),
+        ("1860480", "docetaxel", "antineoplastic", "20 MG/ML", "Injection"),
+        ("583214", "paclitaxel", "antineoplastic", "100 MG", "Injection"),
+        ("1736776", "oxaliplatin", "antineoplastic", "5 MG/ML", "Injection"),
+        ("1734340", "etoposide", "antineoplastic", "100 MG", "Injection"),
+        ("752899", "leuprolide", "hormonal_cancer_therapy", "30 MG/ML", "Prefilled Syringe"),
+        ("105586", "methotrexate", "immunosuppressant", "10 MG", "Oral Tablet"),
+        ("835900", "cyclosporine", "immunosuppressant", None, None),  # the sources disagree on its strength
+        ("312617", "prednisone", "systemic_corticosteroid", "5 MG", "Oral Tablet"),
+        ("200064", "letrozole", "hormonal_cancer_therapy", "2.5 MG", "Oral Tablet"),
+        ("198377", "tacrolimus", "immunosuppressant", "1 MG", "Oral Capsule"),
+        ("200060", "mycophenolate", "immunosuppressant", "500 MG", "Oral Tablet"),
+        # Ingredient codes.
+        ("32592", "oxaliplatin", "antineoplastic", None, None),
+        ("6851", "methotrexate", "immunosuppressant", None, None),
+        ("42316", "tacrolimus", "immunosuppressant", None, None),
+        ("10324", "tamoxifen", "hormonal_cancer_therapy", None, None),
+        ("1514", "betamethasone", "systemic_corticosteroid", None, None),
+    ],
+)  # fmt: skip
+def test_cancer_therapy_and_immunosuppressant_codes(
+    knowledge: Knowledge, code: str, ingredient: str, drug_class: str, strength: str | None, dose_form: str | None
+) -> None:
+    info = knowledge.medication(RXNORM, code)
+    assert info is not None
+    assert (info.ingredient, info.drug_class, info.systemic) == (ingredient, drug_class, True)
+    assert (info.strength, info.dose_form) == (strength, dose_form)
+
+
+def test_dose_form_of_a_product_code_decides_systemic(knowledge: Knowledge) -> None:
+    cream = knowledge.medication(RXNORM, "106258")  # hydrocortisone 10 MG/ML topical cream (Synthea sample set)
+    assert cream is not None and cream.drug_class == "systemic_corticosteroid" and not cream.systemic
+    assert cream.dose_form == "Topical Cream"
+    paste = knowledge.medication(RXNORM, "1085728")  # triamcinolone dental paste
+    assert paste is not None and not paste.systemic
+    # Text still refines an ingredient-only code: ophthalmic cyclosporine is not systemic immunosuppression.
+    eye = knowledge.medication_of_concept([(RXNORM, "3008")], "cyclosporine 0.05 % ophthalmic emulsion")
+    assert eye is not None and eye.drug_class == "immunosuppressant" and not eye.systemic
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [
+        ("1000126", "medroxyprogesterone 150 MG/ML injection: a contraceptive, not hormonal cancer therapy"),
+        ("1803932", "leucovorin: rescue after methotrexate/fluorouracil, not an antineoplastic"),
+        ("895994", "fluticasone metered-dose inhaler: not a systemic corticosteroid"),
+        ("1244214", "budesonide delayed-release capsule: gut-acting, not in the oral glucocorticoid set"),
+        ("313979", "fludrocortisone: a mineralocorticoid"),
+    ],
+)
+def test_drugs_near_the_classes_are_not_in_them(knowledge: Knowledge, code: str, why: str) -> None:
+    assert knowledge.medication(RXNORM, code) is None, why
+
+
+@pytest.mark.parametrize(
+    ("text", "ingredient", "drug_class"),
+    [
+        ("Lupron Depot 22.5 mg IM every 3 months", "leuprolide", "hormonal_cancer_therapy"),
+        ("Taxotere 75 mg/m2 IV", "docetaxel", "antineoplastic"),
+        ("Humira pen 40 mg every other week", "adalimumab", "immunosuppressant"),
+        ("mycophenolic acid 360 mg", "mycophenolate", "immunosuppressant"),
+        ("Arimidex 1 mg daily", "anastrozole", "hormonal_cancer_therapy"),
+    ],
+)
+def test_ingredient_and_brand_names_in_text(knowledge: Knowledge, text: str, ingredient: str, drug_class: str) -> None:
+    info = knowledge.medication_from_text(text)
+    assert info is not None and (info.ingredient, info.drug_class, info.confidence) == (ingredient, drug_class, "text")
 
 
 def test_atc_codes_and_class_prefixes(knowledge: Knowledge) -> None:
@@ -244,6 +319,12 @@ def test_atc_codes_and_class_prefixes(knowledge: Knowledge) -> None:
     assert knowledge.medication(ATC, "H02AA02") is None  # fludrocortisone: a mineralocorticoid, not a trial
     assert knowledge.medication(ATC, "M02AA15") is None  # topical NSAID class
     assert knowledge.medication(ATC, "N02BE01") is None  # paracetamol
+    assert knowledge.medication(ATC, "L01CD02") == MedicationInfo("antineoplastic", "antineoplastic", True)  # docetaxel
+    assert knowledge.medication(ATC, "L02AE02") == MedicationInfo(
+        "endocrine cancer therapy", "hormonal_cancer_therapy", True
+    )  # leuprorelin
+    assert knowledge.medication(ATC, "L04AX03") == MedicationInfo("immunosuppressant", "immunosuppressant", True)
+    assert knowledge.medication(ATC, "G03AC06") is None  # medroxyprogesterone as a contraceptive
 
 
 def test_aspirin(knowledge: Knowledge) -> None:
@@ -254,6 +335,9 @@ def test_aspirin(knowledge: Knowledge) -> None:
     # An aspirin ingredient code says nothing of the dose; most listed aspirin is the daily antiplatelet dose.
     ingredient_only = knowledge.medication(RXNORM, "1191")
     assert ingredient_only is not None and ingredient_only.antiplatelet_aspirin
+    # A product code carries its strength: aspirin 81 mg tablets (in the Synthea sample set) are antiplatelet.
+    tablet = knowledge.medication(RXNORM, "243670")
+    assert tablet is not None and tablet.antiplatelet_aspirin and tablet.strength == "81 MG"
 
 
 STEROIDS = {"methylprednisolone", "hydrocortisone", "prednisone", "prednisolone"}

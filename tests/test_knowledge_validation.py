@@ -249,6 +249,26 @@ def test_medication_code_mapped_to_two_ingredients(knowledge_dir: Path) -> None:
     assert "medications.json: product 197805: 197805 is mapped twice (ibuprofen and celecoxib)" in problems
 
 
+def test_product_systemic_flag_must_agree_with_its_dose_form(knowledge_dir: Path) -> None:
+    def change(data: Any) -> None:
+        cream = next(product for product in data["products"] if product["rxnorm"] == "106258")
+        cream["systemic"] = True
+
+    problems = _problems_after(knowledge_dir, "medications.json", change)
+    assert problems == ["medications.json: product 106258: systemic True contradicts its dose form 'Topical Cream'"]
+
+
+def test_ingredient_atc_code_must_be_in_its_class_group(knowledge_dir: Path) -> None:
+    def change(data: Any) -> None:
+        tacrolimus = next(entry for entry in data["ingredients"] if entry["name"] == "tacrolimus")
+        tacrolimus["atc"] = [{"code": "D11AH01", "source": "topical tacrolimus is a dermatological"}]
+
+    problems = _problems_after(knowledge_dir, "medications.json", change)
+    assert problems == [
+        "medications.json: ingredient 'tacrolimus': ATC D11AH01 is outside the immunosuppressant ATC group (L04)"
+    ]
+
+
 def test_text_only_concept_needs_keywords(knowledge_dir: Path) -> None:
     def change(data: Any) -> None:
         del data["concepts"]["physical_therapy"]

@@ -85,13 +85,17 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class MedicationInfo:
-    # Lower-case ingredient name, e.g. "naproxen"; "nsaid" or "glucocorticoid" when only the ATC class is known.
+    # Lower-case ingredient name, e.g. "naproxen"; the class's generic name ("nsaid", "glucocorticoid",
+    # "antineoplastic" ...) when only the ATC class is known.
     ingredient: str
-    drug_class: str  # "nsaid" | "systemic_corticosteroid"
-    systemic: bool  # False for topical, ophthalmic, inhaled, nasal ... forms (not a systemic trial)
+    # "nsaid" | "systemic_corticosteroid" (conservative therapy; long-term steroids are also a red flag) |
+    # "antineoplastic" | "hormonal_cancer_therapy" | "immunosuppressant" (red flags: cancer, immunosuppression)
+    drug_class: str
+    systemic: bool  # False for topical, ophthalmic, inhaled, nasal ... forms (not a systemic trial or exposure)
     antiplatelet_aspirin: bool = False  # low-dose aspirin: never an NSAID trial
-    strength: str | None = None  # e.g. "500 MG", from the product table or the text
+    strength: str | None = None  # e.g. "500 MG" or "20 MG/ML", from the product table or the text
     confidence: Literal["code", "text"] = "code"  # "text": matched on the ingredient name only
+    dose_form: str | None = None  # RxNorm dose form of a product code, e.g. "Oral Tablet", "Topical Cream"
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,7 @@ class Knowledge:
     # -- medications ------------------------------------------------------------------------
 
     def medication(self, system: str | None, code: str | None) -> MedicationInfo | None:
-        """NSAID or systemic corticosteroid named by an RxNorm (ingredient or product) or ATC code, else None."""
+        """The drug of a known class (NSAID, steroid, cancer therapy, immunosuppressant) an RxNorm or ATC code names."""
         arrived = (system, code)
         try:
             return self._medication_by_coding[arrived]

@@ -6,7 +6,7 @@ Files (all under ``cds_service/knowledge/``, all versioned with :data:`KNOWLEDGE
 ``valuesets/<concept key>.json``  FHIR R4 ValueSets; ICD-10-CM filters expanded here
 ``icd10cm_snapshot.json``         ICD-10-CM expansions and descriptions (generated: see ``icd10cm.py``)
 ``keywords.json``                 text keywords per concept (lower confidence)
-``medications.json``              NSAID and systemic corticosteroid codes, products, text rules
+``medications.json``              drug classes by ingredient (NSAID, steroid, cancer therapy, immunosuppressant)
 ``corticosteroids.json``           prednisone equivalents and the words of a short steroid trial
 ``procedures.json``               imaging codes -> ACR procedure keys; the suggested MRI order
 ``acr_ratings.json``              ACR category per procedure key and variant
@@ -50,6 +50,14 @@ KNOWLEDGE_DIR: Final = Path(__file__).resolve().parent
 SOURCE_EXTENSION: Final = "http://lumbar-imaging-cds.example.org/fhir/StructureDefinition/source"
 SUMMARY_LIMIT: Final = 140  # CDS Hooks: summary "<140 characters"
 CARD_INDICATORS: Final = frozenset({"info", "warning", "critical"})
+# ATC groups an ingredient's own ATC code must fall in, per class (WHOCC index); any other is a data error.
+_ATC_GROUPS: Final[dict[str, tuple[str, ...]]] = {
+    "nsaid": ("M01A", "N02BA"),
+    "systemic_corticosteroid": ("H02AB",),
+    "antineoplastic": ("L01",),
+    "hormonal_cancer_therapy": ("L02",),
+    "immunosuppressant": ("L04",),
+}
 # The cards the clinical engine renders (docs/clinical-rules.md, "Cards"); safety concerns of concepts.json add theirs.
 REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "cauda_equina", "cancer_infection", "cancer_infection_contrast_concern", "fracture_risk", "prior_surgery",
@@ -71,7 +79,7 @@ _TERM_PLACEHOLDERS: Final = frozenset(
 )  # fmt: skip
 # A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
 _FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
-_STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? MG$")
+_STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? (?:MG|UNT)(?:/ML|/MG)?$")
 _SEPARATORS: Final = re.compile(r"[\s\-]+")
 
 
@@ -391,6 +399,11 @@ def _load_keywords(
 # -- medications -------------------------------------------------------------------------------
 
 
+def _mg(strength: str) -> float:
+    """The number of a strength such as '81 MG' (per unit of the dose form for '20 MG/ML')."""
+    return float(strength.split(" ", 1)[0])
+
+
 def _load_medications(directory: Path, problems: _Problems, drug_classes: frozenset[str]) -> MedicationIndex | None:
     file = "medications.json"
     data = _read_json(directory, file, problems)
@@ -399,6 +412,10 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
     _check_version(file, data, problems)
     aspirin_rules = data.get("antiplatelet_aspirin") or {}
     unknown_strength_is_antiplatelet = bool(aspirin_rules.get("unknown_strength_is_antiplatelet", True))
+    max_mg = aspirin_rules.get("max_strength_mg")
+    if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
+        problems.add(file, "antiplatelet_aspirin.max_strength_mg must be a positive number")
+        max_mg = 100
     codes: dict[tuple[str, str], MedicationInfo] = {}
 
     def register(system: str, code: str, info: MedicationInfo, where: str, source: Any) -> None:
@@ -408,6 +425,15 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
         if key in codes and codes[key] != info:
             problems.add(file, f"{where}: {code} is mapped twice ({codes[key].ingredient} and {info.ingredient})")
         codes[key] = info
+
+    non_systemic = data.get("non_systemic_text") or {}
+    non_systemic_patterns = {group: words_pattern(words) for group, words in non_systemic.items() if group != "source"}
+
+    def _form_is_systemic(dose_form: str, drug_class: str) -> bool:
+        return not any(
+            pattern is not None and pattern.search(dose_form)
+            for pattern in (non_systemic_patterns.get("all"), non_systemic_patterns.get(drug_class))
+        )
 
     classes: dict[str, str] = {}
     names: dict[str, tuple[str, str]] = {}
@@ -425,8 +451,10 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
             register(RXNORM, item.get("code", ""), info, f"ingredient {name!r}", item.get("source"))
         for item in entry.get("atc") or ():
             atc_code = item.get("code", "")
-            if drug_class == "nsaid" and not atc_code.startswith(("M01A", "N02BA")):
-                problems.add(file, f"ingredient {name!r}: ATC {atc_code} is not an NSAID code (M01A, N02BA)")
+            groups = _ATC_GROUPS[drug_class]
+            if not atc_code.startswith(groups):
+                outside = f"ATC {atc_code} is outside the {drug_class} ATC group ({', '.join(groups)})"
+                problems.add(file, f"ingredient {name!r}: {outside}")
             info = MedicationInfo(name, drug_class, systemic=True)
             register(ATC, atc_code, info, f"ingredient {name!r}", item.get("source"))
         for text_name in entry.get("text_names") or ():
@@ -441,10 +469,20 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
             continue
         strength = product.get("strength")
         if strength is not None and not _STRENGTH_FORMAT.match(strength):
-            problems.add(file, f"product {code}: strength {strength!r} is not like '500 MG'")
-        info = MedicationInfo(
-            ingredient, classes[ingredient], systemic=bool(product.get("systemic", True)), strength=strength
+            problems.add(file, f"product {code}: strength {strength!r} is not like '500 MG' or '20 MG/ML'")
+        dose_form = product.get("dose_form")
+        systemic = bool(product.get("systemic", True))
+        if isinstance(dose_form, str) and dose_form and _form_is_systemic(dose_form, classes[ingredient]) != systemic:
+            # The dose form decides; a flag that disagrees with it is a data error, not a second opinion.
+            problems.add(file, f"product {code}: systemic {systemic} contradicts its dose form {dose_form!r}")
+        # An aspirin product's own strength decides antiplatelet (81 mg) vs analgesic aspirin.
+        antiplatelet = ingredient == "aspirin" and (
+            unknown_strength_is_antiplatelet if strength is None else _mg(strength) <= float(max_mg)
         )
+        info = MedicationInfo(
+            ingredient, classes[ingredient], systemic=systemic, strength=strength, antiplatelet_aspirin=antiplatelet,
+            dose_form=dose_form if isinstance(dose_form, str) and dose_form else None,
+        )  # fmt: skip
         register(RXNORM, code, info, f"product {code}", product.get("source"))
     for item in aspirin_rules.get("atc") or ():
         info = MedicationInfo("aspirin", "nsaid", systemic=True, antiplatelet_aspirin=True)
@@ -469,23 +507,16 @@ def _load_medications(directory: Path, problems: _Problems, drug_classes: frozen
             if normalised in names:
                 problems.add(file, f"text name {text_name!r} is both a therapy ingredient and excluded")
             not_counted_names[normalised] = reason
-    non_systemic = data.get("non_systemic_text") or {}
     for group in non_systemic:
         if group not in drug_classes | {"all", "source"}:
             problems.add(file, f"non_systemic_text: unknown group {group!r}")
-    max_mg = aspirin_rules.get("max_strength_mg")
-    if isinstance(max_mg, bool) or not isinstance(max_mg, int | float) or max_mg <= 0:
-        problems.add(file, "antiplatelet_aspirin.max_strength_mg must be a positive number")
-        max_mg = 100
     return MedicationIndex(
         codes=MappingProxyType(codes),
         atc_classes=tuple(rules),
         atc_excluded_prefixes=excluded,
         ingredient_pattern=words_pattern(names),
         ingredient_of_name=MappingProxyType(names),
-        non_systemic_patterns=MappingProxyType(
-            {group: words_pattern(words) for group, words in non_systemic.items() if group != "source"}
-        ),
+        non_systemic_patterns=MappingProxyType(non_systemic_patterns),
         antiplatelet_pattern=words_pattern(aspirin_rules.get("text_markers") or ()),
         antiplatelet_max_mg=float(max_mg),
         unknown_strength_is_antiplatelet=unknown_strength_is_antiplatelet,

@@ -1,9 +1,11 @@
-"""NSAID and systemic corticosteroid recognition from codes and text (data: ``medications.json``).
+"""Drug classes by ingredient, from codes and text (data: ``medications.json``).
 
-Codes: RxNorm ingredients and oral products, and ATC codes (exact ingredient codes, then the
-class prefixes M01A and H02AB; H02AA mineralocorticoids are excluded). Text: ingredient and
-brand names as whole words, with the dose form ("gel", "patch", "nasal" ... make it
-non-systemic) and the aspirin strength (100 mg or less is antiplatelet, never an NSAID trial).
+Classes: NSAIDs and systemic corticosteroids (conservative therapy), antineoplastic drugs, hormonal
+cancer therapy and immunosuppressants (red flags). Codes: RxNorm ingredients and products (each
+product with its strength and dose form), and ATC codes (exact ingredient codes, then the class
+prefixes M01A, H02AB, L01, L02, L04; H02AA mineralocorticoids are excluded). Text: ingredient and
+brand names as whole words, with the dose form ("gel", "patch", "nasal" ... make it non-systemic)
+and the aspirin strength (100 mg or less is antiplatelet, never an NSAID trial).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class MedicationIndex:
     not_counted_of_name: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def by_code(self, system: str | None, code: str | None) -> MedicationInfo | None:
-        """The drug a code names, or None when it is not an NSAID or systemic corticosteroid."""
+        """The drug a code names, or None when it is in none of the drug classes."""
         key = coding_key(system, code)
         if key is None:
             return None
@@ -72,7 +74,7 @@ class MedicationIndex:
         return None
 
     def by_text(self, text: str | None) -> MedicationInfo | None:
-        """The first NSAID or systemic corticosteroid named in ``text`` (confidence "text")."""
+        """The first drug of a known class named in ``text`` (confidence "text")."""
         if not text or not isinstance(text, str) or self.ingredient_pattern is None:
             return None
         match = self.ingredient_pattern.search(text)
