@@ -260,12 +260,12 @@ def _outcomes() -> dict[str, Outcome]:
         body = build_request(record, definition)
         try:
             result = services.call(definition, body, now=now, allowed_fhir_servers=())
-            record_ = services.data_source.resolve(definition.prefetch, result.request, ())
-            facts = engine.extract(result.request, record_, now=now).facts
+            patient_record = services.data_source.resolve(definition.prefetch, result.request, ())
+            facts = engine.extract(result.request, patient_record, now=now).facts
             outcomes[record["key"]] = Outcome(200, result.body, frozenset(recognised_categories(facts)))
         except CdsError as error:
             outcomes[record["key"]] = Outcome(error.status, error.to_operation_outcome(), frozenset())
-        except Exception as error:  # noqa: BLE001 - an unexpected exception is what the server turns into a 500
+        except Exception as error:  # an unexpected exception is what the HTTP layer turns into a 500
             outcomes[record["key"]] = Outcome(500, {"error": f"{type(error).__name__}: {error}"}, frozenset())
     return outcomes
 
