@@ -155,10 +155,14 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
             counts = True
         elif finding.resource_type in _MEDICATION_TYPES:
             counts = _medication_current(finding, today, lookback)
+        elif role.timing == "present":
+            counts = active  # a resolved pregnancy is over
         else:
             counts = active or _resolved_within(finding, today, lookback)
             if counts and role.timing == "current":
                 counts = _within(finding.recorded, today, lookback)
+        if counts and role.lookback is not None:
+            counts = _within(finding.recorded, today, _days(rules, role.lookback))
         if not counts:
             continue
         if role.role == "episode":
@@ -303,6 +307,12 @@ def _resolved_within(finding: Finding, today: date, lookback_days: int) -> bool:
         and finding.ended is not None
         and (today - finding.ended).days <= lookback_days
     )
+
+
+def _days(rules: ClinicalRules, threshold: str) -> int:
+    """A look-back threshold in days ("pregnancy_max_weeks": 43 -> 301)."""
+    value = int(getattr(rules.thresholds, threshold))
+    return value * 7 if threshold.endswith("_weeks") else value
 
 
 def _within(when: date | None, today: date, lookback_days: int) -> bool:

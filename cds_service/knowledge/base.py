@@ -68,6 +68,7 @@ class Thresholds:
     fracture_risk_age: int = 70  # age at or above which fracture risk applies (ACR variant 6 "elderly")
     adult_age: int = 18  # below this age the adult Low Back Pain criteria do not apply
     current_finding_lookback_days: int = 90  # fever, recent infection, trauma, temperature, eGFR
+    pregnancy_max_weeks: int = 43  # a pregnancy recorded longer ago than this has ended, whatever its status
     fever_celsius: float = 38.0
     egfr_contrast_limit: float = 30.0  # eGFR below this is a gadolinium safety concern
 
@@ -111,7 +112,7 @@ class ValueSetInfo:
 ConceptRoleName = Literal[
     "episode", "red_flag", "context", "motor_deficit", "therapy", "candidacy", "safety", "measurement"
 ]  # fmt: skip
-Timing = Literal["history", "active", "current"]
+Timing = Literal["history", "active", "current", "present"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ConceptRole:
     concern: str | None = None  # safety: the card kind it raises
     measures: str | None = None  # measurement: temperature, egfr, pregnancy_test
     order_kind: str | None = None  # candidacy: what a draft order of this concept is ("procedure", "referral")
+    lookback: str | None = None  # a Thresholds field bounding how old the finding may be (pregnancy_max_weeks)
 
 
 @dataclass(frozen=True)

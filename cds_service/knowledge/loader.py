@@ -216,6 +216,7 @@ def _load_roles(directory: Path, problems: _Problems) -> tuple[dict[str, Concept
             concern=row.get("concern"),
             measures=row.get("measures"),
             order_kind=row.get("order_kind"),
+            lookback=row.get("lookback"),
         )
         for key, row in data["concepts"].items()
     }
