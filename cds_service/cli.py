@@ -164,10 +164,12 @@ def _serve(host: str, port: int, workers: int, threads: int, metrics_port: int |
     def _post_fork(server: Any, worker: Any) -> None:
         configure_process_logging(settings.log_level)
 
+    master_pid = os.getpid()
     try:
         Server().run()
     finally:
-        if metrics_dir is not None:
+        # Workers are forked inside run() and leave it by SystemExit: only the master removes the directory.
+        if metrics_dir is not None and os.getpid() == master_pid:
             metrics_dir.remove()
     return 0
 

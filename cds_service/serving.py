@@ -105,6 +105,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._drain_started: float | None = None
+        # How long a connection may wait for its (next) bytes; gunicorn uses the keep-alive timeout, which a
+        # drain sets to 0 (for the responses), and a connection deferred then must not be closed at once.
+        self._idle_s = float(self.cfg.keepalive) or 5.0
 
     def handle(self, conn: Any) -> Any:
         """Runs in a thread: serve the request if it has arrived whole, else give the connection back."""
@@ -149,6 +152,11 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         buffer.seek(0, io.SEEK_END)
         buffer.write(partial.data)
         return super().handle(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        super().finish_request(conn, fs)
+        if self.pending_conns and self.pending_conns[-1] is conn:  # just deferred: waits for more bytes
+            conn.timeout = time.monotonic() + self._idle_s  # the same for every deferral: the deque stays sorted
 
     def murder_pending(self) -> None:
         """Called on every turn of the event loop: end a drain when it is done."""

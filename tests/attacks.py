@@ -79,6 +79,31 @@ def post(port: int, body: bytes, timeout: float, path: str = SELECT,
             conn.close()
 
 
+def post_in_two_parts(port: int, body: bytes, pause: float, timeout: float = 10.0) -> Outcome:
+    """A POST whose head arrives ``pause`` seconds before its body (as over a slow link), classified."""
+    started = time.monotonic()
+    head = (f"POST {SELECT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except ConnectionRefusedError:
+        return Outcome("refused", seconds=time.monotonic() - started)
+    try:
+        sock.sendall(head)
+        time.sleep(pause)
+        sock.sendall(body)
+        answer = sock.recv(65536)
+        if not answer:
+            return Outcome("reset", seconds=time.monotonic() - started, detail="closed without an answer")
+        return Outcome("answered", int(answer.split(b" ", 2)[1]), time.monotonic() - started)
+    except TimeoutError:
+        return Outcome("timeout", seconds=time.monotonic() - started)
+    except (ConnectionResetError, BrokenPipeError) as error:
+        return Outcome("reset", seconds=time.monotonic() - started, detail=type(error).__name__)
+    finally:
+        sock.close()
+
+
 @dataclass
 class SlowClients:
     """Connections that send a request head one byte per ``interval`` (a "slowloris")."""
