@@ -54,6 +54,9 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 # A body declared larger than this is not buffered: the service refuses it (413) from its Content-Length.
 MAX_BUFFERED_BODY_BYTES: Final = 16 * 1024 * 1024
 _RECV_BYTES: Final = 256 * 1024
+# While a request's bytes keep coming, a thread waits this long for the next ones, and this long in all.
+_FLOW_WAIT_S: Final = 0.005
+_FLOW_BUDGET_S: Final = 0.1
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -115,23 +118,16 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             return super().handle(conn)
         partial = conn.__dict__.get("cds_partial")
         if partial is None:
-            partial = conn.cds_partial = _Partial(bytearray(), time.monotonic() + REQUEST_READ_TIMEOUT_S)
+            partial = conn.cds_partial = PartialRequest(time.monotonic() + REQUEST_READ_TIMEOUT_S)
             if conn.parser is not None:  # bytes a previous request read ahead (pipelining)
-                partial.data += conn.parser.unreader.take_buffered()
+                partial.add(conn.parser.unreader.take_buffered())
         try:
             conn.sock.setblocking(False)
-            while True:
-                chunk = conn.sock.recv(_RECV_BYTES)
-                if not chunk:  # closed by the client before a whole request
-                    return False
-                partial.data += chunk
-                if len(chunk) < _RECV_BYTES:
-                    break
-        except (BlockingIOError, InterruptedError):
-            pass
+            if not self._read_available(conn.sock, partial):
+                return False  # closed by the client before a whole request
         except OSError:
             return False
-        state = request_state(partial.data)
+        state = partial.state()
         if state != "ready":
             if time.monotonic() > partial.deadline:
                 return False  # too slow: the connection is closed
@@ -148,10 +144,34 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.sock.setblocking(True)
         conn.data_ready = True
         conn.init()
-        buffer = conn.parser.unreader.buf
-        buffer.seek(0, io.SEEK_END)
-        buffer.write(partial.data)
-        return super().handle(conn)
+        prebuffered = _Prebuffered.install(conn.parser.unreader, partial.chunks)
+        try:
+            return super().handle(conn)
+        finally:
+            # Bytes of a next (pipelined) request go back to the parser's read-ahead, where gunicorn looks for
+            # them before it waits on the socket.
+            prebuffered.spill()
+
+    @staticmethod
+    def _read_available(sock: Any, partial: PartialRequest) -> bool:
+        """Read what has arrived, without blocking; False when the client closed the connection.
+
+        A request whose bytes are flowing (a large body on its way over loopback or a fast network) is worth
+        a few milliseconds of this thread, within a small budget: giving it back to the event loop after
+        every short read costs a round trip through the main thread each time. A trickle is not worth it.
+        """
+        waited_until = time.monotonic() + _FLOW_BUDGET_S
+        while True:
+            try:
+                chunk = sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                if (partial.size and time.monotonic() < waited_until and partial.state() == "partial"
+                        and select.select([sock], [], [], _FLOW_WAIT_S)[0]):
+                    continue
+                return True
+            if not chunk:
+                return False
+            partial.add(chunk)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         super().finish_request(conn, fs)
@@ -181,13 +201,132 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._cap_keepalive(time.monotonic() + STOP_KEEPALIVE_LINGER)
 
 
-@dataclass
-class _Partial:
-    """The bytes of a request still arriving, kept with its connection between reads."""
+class _Prebuffered:
+    """Hands gunicorn's parser the bytes the worker collected, as the pieces it received them in.
 
-    data: bytearray
-    deadline: float
-    sent_continue: bool = False
+    Putting them all in the parser's read-ahead buffer instead works, but its head parsing copies that whole
+    buffer several times: milliseconds for a 2 MB body. Once they are used up, reads go to the socket.
+    """
+
+    def __init__(self, unreader: Any, chunks: list[bytes]) -> None:
+        self._unreader = unreader
+        self._chunks = chunks
+        self._next = 0
+
+    @classmethod
+    def install(cls, unreader: Any, chunks: list[bytes]) -> _Prebuffered:
+        unreader.__dict__.pop("chunk", None)
+        unreader.chunk = prebuffered = cls(unreader, chunks)
+        return prebuffered
+
+    def spill(self) -> None:
+        """Put what the parser has not taken into its read-ahead buffer, and read from the socket again."""
+        if self._unreader.__dict__.get("chunk") is self:
+            del self._unreader.chunk
+        rest = self._chunks[self._next:]
+        self._next = len(self._chunks)
+        if rest:
+            buffer = self._unreader.buf
+            buffer.seek(0, io.SEEK_END)
+            buffer.write(b"".join(rest))
+
+    def __call__(self, size_hint: int | None = None) -> bytes:
+        if self._next >= len(self._chunks):
+            del self._unreader.chunk  # used up: the socket again (gunicorn's own method)
+            return bytes(self._unreader.chunk(size_hint))
+        self._next += 1
+        return self._chunks[self._next - 1]
+
+
+class PartialRequest:
+    """The bytes of one request as they arrive, and whether they make a whole request yet.
+
+    The head is parsed once, when its blank line has arrived; after that, a body of known length is
+    complete when enough bytes have come (no rescanning, no joining of what a large body arrives in).
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.sent_continue = False
+        self._body_start: int | None = None
+        self._length: int | None = None  # body length; None: ready once the head is there, or chunked
+        self._chunked = False
+        self._expect_continue = False
+        self._ready = False
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def _head_window(self) -> bytes:
+        """The first chunks, joined into one, up to a little more than the longest head allowed.
+
+        Only those: a large body that came with its head stays in the pieces it arrived in.
+        """
+        count = total = 0
+        while count < len(self.chunks) and total <= MAX_HEAD_BYTES + 4:
+            total += len(self.chunks[count])
+            count += 1
+        if count > 1:
+            self.chunks[:count] = [b"".join(self.chunks[:count])]
+        return self.chunks[0] if self.chunks else b""
+
+    def _joined(self) -> bytes:
+        if len(self.chunks) > 1:
+            self.chunks[:] = [b"".join(self.chunks)]
+        return self.chunks[0] if self.chunks else b""
+
+    def state(self) -> str:
+        """``ready`` (a whole request, or one gunicorn's parser will refuse: 400, 413, 431, as it always
+        did), ``continue`` (head complete with ``Expect: 100-continue``, body to come) or ``partial``."""
+        if self._ready:
+            return "ready"
+        if self._body_start is None:
+            data = self._head_window()
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._ready = len(data) > MAX_HEAD_BYTES
+                return "ready" if self._ready else "partial"
+            self._body_start = end + 4
+            if not self._parse_head(data[:end]):
+                self._ready = True
+                return "ready"
+        body = self.size - self._body_start
+        if self._chunked:
+            complete = _chunked_body_complete(self._joined(), self._body_start)
+        else:
+            complete = self._length is None or body >= self._length
+        if complete or body > MAX_BUFFERED_BODY_BYTES:
+            self._ready = True
+            return "ready"
+        return "continue" if self._expect_continue else "partial"
+
+    def _parse_head(self, head: bytes) -> bool:
+        """Read the framing headers; False when waiting for a body is pointless (malformed, too large)."""
+        for line in head.split(b"\r\n")[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                continue
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                if not value.isdigit() or (self._length is not None and int(value) != self._length):
+                    return False
+                self._length = int(value)
+            elif name == b"transfer-encoding":
+                self._chunked = True
+            elif name == b"expect" and value == b"100-continue":
+                self._expect_continue = True
+        return self._chunked or self._length is None or self._length <= MAX_BUFFERED_BODY_BYTES
+
+
+def request_state(data: bytes) -> str:
+    """The :meth:`PartialRequest.state` of ``data`` (for tests and tools)."""
+    partial = PartialRequest(deadline=0.0)
+    partial.add(data)
+    return partial.state()
 
 
 def _drain_limit(graceful_timeout: float) -> float:
@@ -202,43 +341,6 @@ def _backlog_waiting(listeners: Iterable[Any]) -> bool:
     except (OSError, ValueError):
         return False
     return bool(readable)
-
-
-def request_state(data: bytes | bytearray) -> str:
-    """Whether ``data`` holds a whole HTTP/1.x request: ``ready``, ``continue`` (head complete with
-    ``Expect: 100-continue``, body still to come) or ``partial``.
-
-    Anything malformed or too large is ``ready``: gunicorn's parser answers it (400, 413, 431) as it
-    always did, and waiting for more bytes would only hold the connection longer.
-    """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return "ready" if len(data) > MAX_HEAD_BYTES else "partial"
-    body_start = end + 4
-    content_length: int | None = None
-    chunked = expect_continue = False
-    for line in bytes(data[:end]).split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == b"content-length":
-            if not value.isdigit() or (content_length is not None and int(value) != content_length):
-                return "ready"
-            content_length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"expect" and value == b"100-continue":
-            expect_continue = True
-    if chunked:
-        complete = _chunked_body_complete(data, body_start)
-    elif content_length is None or content_length > MAX_BUFFERED_BODY_BYTES:
-        return "ready"
-    else:
-        complete = len(data) - body_start >= content_length
-    if complete or len(data) - body_start > MAX_BUFFERED_BODY_BYTES:
-        return "ready"
-    return "continue" if expect_continue else "partial"
 
 
 def _chunked_body_complete(data: bytes | bytearray, position: int) -> bool:

@@ -94,9 +94,15 @@ def test_a_request_that_arrives_in_pieces_is_answered() -> None:
             interim = sock.recv(65536)
             sock.sendall(body)
             final = read_until(sock, b'"cards"')
+        with socket_to(service.port) as sock:  # two requests in one write (pipelined), the second one split
+            sock.sendall(head + body + head + body[:10])
+            time.sleep(0.2)
+            sock.sendall(body[10:])
+            pipelined = read_until(sock, b"never", limit=2, marker_count=b'"cards"')
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert interim.startswith(b"HTTP/1.1 100 Continue")
     assert b"HTTP/1.1 200 " in final
+    assert pipelined.count(b"HTTP/1.1 200 ") == 2
 
 
 @contextmanager
@@ -110,10 +116,14 @@ def socket_to(port: int) -> Iterator[Any]:
         sock.close()
 
 
-def read_until(sock: Any, marker: bytes) -> bytes:
+def read_until(sock: Any, marker: bytes, limit: int = 1, marker_count: bytes | None = None) -> bytes:
+    """Read until ``marker`` arrives (or ``limit`` occurrences of ``marker_count``), or the server closes."""
     data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
+    while marker not in data and (marker_count is None or data.count(marker_count) < limit):
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
         if not chunk:
             break
         data += chunk
