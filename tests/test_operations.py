@@ -250,14 +250,18 @@ def schema_url(base_url: str) -> tuple[str, str]:
 
 
 def test_feedback_is_exactly_once_across_two_replicas_when_a_worker_and_a_master_are_killed(
-        postgres_url: str) -> None:
+        postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+    # Two replicas as deployed: the shared PostgreSQL, the shared Redis (JWT replay cache), client JWTs.
     schema, url = schema_url(postgres_url)
+    key = ClientKey()
+    env = {"CDS_DATABASE_URL": url, "CDS_REDIS_URL": redis_url, "CDS_PUBLIC_URL": "https://cds.example.org",
+           "CDS_TRUSTED_CLIENTS": str(key.trusted_clients_file(tmp_path))}
+    audience = f"https://cds.example.org{FEEDBACK_PATH}"
     acknowledged: set[str] = set()
     gave_up: list[str] = []
     stop = threading.Event()
     try:
-        with running_service({"CDS_DATABASE_URL": url}, workers=2) as first, \
-                running_service({"CDS_DATABASE_URL": url}, workers=2) as second:
+        with running_service(env, workers=2) as first, running_service(env, workers=2) as second:
             replicas = [first, second]
 
             def stream() -> None:
@@ -268,9 +272,10 @@ def test_feedback_is_exactly_once_across_two_replicas_when_a_worker_and_a_master
                         for _ in range(40):  # a client retries an unacknowledged POST (on the other replica)
                             replica = replicas[turn % 2]
                             turn += 1
+                            headers = {"Authorization": f"Bearer {key.token(audience)}"}  # a new jti each time
                             try:
                                 response = http_session.post(f"{replica.base_url}{FEEDBACK_PATH}",
-                                                             json=feedback_body(card), timeout=5)
+                                                             json=feedback_body(card), headers=headers, timeout=5)
                             except requests.RequestException:
                                 time.sleep(0.02)
                                 continue
@@ -305,7 +310,7 @@ def test_feedback_is_exactly_once_across_two_replicas_when_a_worker_and_a_master
                                     if record.get("event") == "startup"))
             assert left_behind.is_dir()  # SIGKILL gave the master no chance to remove it
             # A new replica starts on the machine: it removes the directory the killed master left behind.
-            with running_service({"CDS_DATABASE_URL": url}, workers=1) as third:
+            with running_service(env, workers=1) as third:
                 assert third.process.poll() is None
                 assert not left_behind.exists()
             no_tracebacks(first)
