@@ -334,6 +334,7 @@ class _Collector:
     skipped: list[str] = field(default_factory=list)
     age: int | None = None
     birth_date: date | None = None  # for onsetAge
+    window_start: date = date.min  # measurements dated before this are not read
 
 
 @lru_cache(maxsize=1)
@@ -438,13 +439,11 @@ class RecordReader:
         for patient in record.of_type("Patient")[:1]:
             if isinstance(patient, dict) and self._validate(patient, collector):
                 self._read_patient(patient, collector, today)
-        window_start = today - timedelta(days=self._measurement_window_days)
+        collector.window_start = today - timedelta(days=self._measurement_window_days)
         for resource_type, reader in self._readers.items():
             for resource in record.of_type(resource_type):
                 if not isinstance(resource, dict):
                     collector.skipped.append(f"{resource_type} skipped: not a JSON object")
-                    continue
-                if resource_type == "Observation" and _dated_before(resource, window_start):
                     continue
                 try:
                     reader(resource, collector, draft_refs)
@@ -636,15 +635,20 @@ class RecordReader:
         if info is None and excluded is None:
             return
         dose_text = _dose_text(resource)
-        route = _route_words(resource)
+        role = self._knowledge.drug_class_roles.get(info.drug_class) if info is not None else None
+        therapy_class = role is not None and role.role in ("nsaid", "corticosteroid")
+        route = _route_words(resource) if therapy_class else None
         systemic = info.systemic if info is not None else True
-        if info is not None and systemic:
+        if info is not None and systemic and therapy_class:
             # The code may name only the ingredient: the drug's own words, its route and its dosage text still tell
-            # a topical, inhaled or nasal form.
+            # a topical, inhaled or nasal form. (For a red-flag class such as chemotherapy the form does not matter.)
             systemic = not any(
                 self._knowledge.names_non_systemic_form(words, info.drug_class) for words in (label, route, dose_text)
             )
-        strength = _milligrams(info.strength) if info is not None and info.strength else _milligrams(label)
+        daily_mg = None
+        if role is not None and role.role == "corticosteroid":  # the dose decides trial vs maintenance
+            strength = _milligrams(info.strength) if info is not None and info.strength else _milligrams(label)
+            daily_mg = _daily_dose_mg(resource, strength, dose_text)
         collector.medications.append(
             MedicationExposure(
                 reference=reference,
@@ -659,7 +663,7 @@ class RecordReader:
                 start=start,
                 end=end,
                 open_period=open_period,
-                daily_dose_mg=_daily_dose_mg(resource, strength, dose_text),
+                daily_dose_mg=daily_mg,
                 route=route,
             )
         )
@@ -689,9 +693,13 @@ class RecordReader:
     def _read_observation(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
         concepts = self._knowledge.concepts_of_codings(_codings(code)) & self._found_in["Observation"]
-        if not concepts or not self._validate(resource, collector):
+        if not concepts:
             return
         when = _observation_date(resource)
+        if when is not None and when < collector.window_start:
+            return  # older than any rule looks (undated ones are read)
+        if not self._validate(resource, collector):
+            return
         quantity = _mapping(resource.get("valueQuantity"))
         value = quantity.get("value")
         unit = quantity.get("code") or quantity.get("unit")
@@ -809,12 +817,6 @@ def _observation_date(resource: Mapping[str, Any]) -> date | None:
         parse_date(resource.get("issued")),
     )
     return when
-
-
-def _dated_before(observation: Mapping[str, Any], window_start: date) -> bool:
-    """True for an observation whose date is known and older than the measurement window (undated ones are read)."""
-    when = _observation_date(observation)
-    return when is not None and when < window_start
 
 
 def _course_dates(resource: Mapping[str, Any]) -> tuple[date | None, date | None, bool]:

@@ -210,6 +210,7 @@ class Knowledge:
         self._concepts_by_text: dict[str, frozenset[str]] = {}
         self._medication_by_coding: dict[tuple[object, object], MedicationInfo | None] = {}
         self._medication_by_text: dict[str, MedicationInfo | None] = {}
+        self._non_systemic_by_text: dict[tuple[str, str], bool] = {}
 
     # -- concepts ---------------------------------------------------------------------------
 
@@ -324,7 +325,15 @@ class Knowledge:
 
     def names_non_systemic_form(self, text: str | None, drug_class: str) -> bool:
         """True when ``text`` (a route, dose form or dosage text) names a topical, inhaled, nasal ... form."""
-        return bool(text) and not self._tables.medications.is_systemic_text(str(text), drug_class)
+        if not text or not isinstance(text, str):
+            return False
+        key = (text, drug_class)
+        try:
+            return self._non_systemic_by_text[key]
+        except KeyError:
+            answer = not self._tables.medications.is_systemic_text(text, drug_class)
+            _remember(self._non_systemic_by_text, key, answer)
+            return answer
 
     @property
     def steroid_factors(self) -> Mapping[str, float]:
