@@ -265,7 +265,7 @@ def _check_config(*, connect: bool = False) -> int:
     problems.extend(check_knowledge())
     print(f"knowledge base: version {knowledge.version}")
     for definition in registry:
-        build_engine(definition, settings.hooks_dir)  # a bad _config names its definition file
+        build_engine(definition)  # a bad _config names its definition file
     print("clinical engines: ok")
     clients: tuple[Any, ...] = ()
     if settings.trusted_clients_path:

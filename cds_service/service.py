@@ -11,7 +11,6 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from cds_service.clinical import ClinicalEngine, Evaluation
@@ -21,7 +20,7 @@ from cds_service.logs import bind_hook_instance
 from cds_service.protocol.request import HookRequest, hook_request_from_json
 from cds_service.protocol.response import response_to_json
 from cds_service.protocol.validation import validate_hook_request
-from cds_service.registry import ServiceDefinition, ServiceRegistry, default_hooks_dir
+from cds_service.registry import ServiceDefinition, ServiceRegistry
 from cds_service.settings import Settings
 
 
@@ -43,7 +42,7 @@ class HookServices:
         self.settings = settings
         self.data_source = data_source
         # One engine per definition: each may carry its own thresholds in "_config".
-        self._engines = {definition.id: build_engine(definition, settings.hooks_dir) for definition in registry}
+        self._engines = {definition.id: build_engine(definition) for definition in registry}
 
     def call(
         self,
@@ -82,19 +81,14 @@ class HookServices:
         return next((definition for definition in self.registry if definition.hook == hook), None)
 
 
-def build_engine(definition: ServiceDefinition, hooks_dir: str | None) -> ClinicalEngine:
-    """The engine of one service definition; a bad ``_config`` names its file (``hooks/<id>.json: _config...``)."""
-    try:
-        return ClinicalEngine.from_config(definition.config)
-    except ConfigurationError as error:
-        # The engine's messages name the member (_config.thresholds.x); the operator also needs the file.
-        raise ConfigurationError(f"{definition_path(definition, hooks_dir)}: {error}") from None
+# The clinical engines a definition's ``_config.engine`` may name (the schema of ``_config`` lists the same names).
+ENGINES: dict[str, type[ClinicalEngine]] = {"lumbar-imaging": ClinicalEngine}
 
 
-def definition_path(definition: ServiceDefinition, hooks_dir: str | None) -> str:
-    """Where a definition was read from, relative to the working directory when it lies below it."""
-    path = (Path(hooks_dir) if hooks_dir else default_hooks_dir()) / (definition.source or f"{definition.id}.json")
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+def build_engine(definition: ServiceDefinition) -> ClinicalEngine:
+    """The engine a service definition names, built with its ``_config`` (checked when the registry was loaded)."""
+    name = definition.config.get("engine")
+    engine = ENGINES.get(name) if isinstance(name, str) else None
+    if engine is None:
+        raise ConfigurationError(f"{definition.source}: _config.engine {name!r} is not one of {sorted(ENGINES)}")
+    return engine.from_config(definition.config)

@@ -165,3 +165,11 @@ def test_thresholds_of_the_config_reach_the_engine(tmp_path: Path) -> None:
     engine = ClinicalEngine.from_config(loaded.config)
     assert (engine.thresholds.symptom_weeks, engine.thresholds.fever_celsius) == (4, 38.5)
     assert engine.rules.thresholds is engine.thresholds
+
+
+def test_every_engine_name_the_schema_allows_resolves() -> None:
+    from cds_service.protocol.validation import schema_validator
+    from cds_service.service import ENGINES
+
+    allowed = schema_validator("service-config").schema["properties"]["engine"]["enum"]
+    assert sorted(allowed) == sorted(ENGINES)
