@@ -368,3 +368,13 @@ def test_adding_a_concept_with_an_existing_role_is_a_data_only_change(knowledge_
     _edit(knowledge_dir, "cards.json", lambda data: data["terms"]["concepts"].update(test_red_flag="Test red flag"))
     assert knowledge_problems(knowledge_dir) == []
     assert topics(knowledge_dir) == ["cancer-infection-immunosuppression"]
+
+
+def test_role_lookbacks_name_thresholds() -> None:
+    import dataclasses
+
+    from cds_service.knowledge import Thresholds
+
+    schema = json.loads((KNOWLEDGE_DIR / "schemas" / "concepts.schema.json").read_text(encoding="utf-8"))
+    names = schema["$defs"]["concept"]["properties"]["lookback"]["enum"]
+    assert set(names) <= {field.name for field in dataclasses.fields(Thresholds)}

@@ -173,3 +173,18 @@ def test_every_engine_name_the_schema_allows_resolves() -> None:
 
     allowed = schema_validator("service-config").schema["properties"]["engine"]["enum"]
     assert sorted(allowed) == sorted(ENGINES)
+
+
+def test_the_config_schema_names_every_threshold_and_only_thresholds() -> None:
+    import dataclasses
+
+    from cds_service.knowledge import Thresholds
+    from cds_service.protocol.validation import schema_validator
+
+    properties = schema_validator("service-config").schema["properties"]["thresholds"]["properties"]
+    fields = {field.name: field for field in dataclasses.fields(Thresholds)}
+    assert set(properties) == set(fields)
+    for name, rule in properties.items():
+        default = getattr(Thresholds(), name)
+        assert rule["type"] == ("integer" if isinstance(default, int) else "number"), name
+        assert rule.get("minimum", rule.get("exclusiveMinimum")) <= default <= rule["maximum"], name
