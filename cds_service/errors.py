@@ -9,8 +9,8 @@ Exception hierarchy::
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
-    ├── PreconditionFailed    412  nothing can be determined without data that could not be obtained
-    └── ServiceUnavailable    503  the feedback store cannot be reached (the client should retry)
+    ├── PreconditionFailed    412  no patient data at all could be obtained and the draft orders determine nothing
+    └── store.StoreUnavailable 503  the feedback store cannot be reached (the client should retry)
 
 Every error is answered with a FHIR OperationOutcome. ``ConfigurationError`` is separate: it
 stops start-up (bad definition file, bad setting) and never reaches a client.
@@ -80,11 +80,6 @@ class UnsupportedMediaType(CdsError):
 class PreconditionFailed(CdsError):
     status = 412
     code = "incomplete"
-
-
-class ServiceUnavailable(CdsError):
-    status = 503
-    code = "transient"
 
 
 class InternalError(CdsError):

@@ -199,14 +199,16 @@ def test_a_round_against_a_real_gunicorn_ceiling(tmp_path: Path) -> None:
         bodies = [generate.encode(generate.build_request(50, variant=variant)) for variant in range(2)]
         payload = loadgen.Payload.from_bodies("/cds-services/lumbar-imaging-order-select", bodies, 50)
         with loadgen.LoadGenerator(2) as generator:
-            result = generator.run_round(port, payload, 2, 0.3)
+            # Long enough that a loaded machine's slow first (warm-up) request still leaves a window: the test checks
+            # the harness works, not how fast anything is.
+            result = generator.run_round(port, payload, 2, 2.0)
             assert result.errors == 0, result.first_error
-            assert result.completed_in_window > 10
+            assert result.completed_in_window > 0
             assert len(result.latencies_ns) >= result.completed_in_window
             assert min(result.latencies_ns) > 0
             # A second round on the same keep-alive connections works as well.
-            again = generator.run_round(port, payload, 1, 0.2)
-            assert again.errors == 0 and again.completed_in_window > 5
+            again = generator.run_round(port, payload, 1, 1.0)
+            assert again.errors == 0 and again.completed_in_window > 0
         workers = [pid for pid, _ in run.descendants(server.pid)]
         assert workers and all((run.vm_hwm_kib(pid) or 0) > 1024 for pid in workers)
 

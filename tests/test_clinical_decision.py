@@ -96,7 +96,6 @@ def facts(
     )
     base = Evidence(
         age=age,
-        sex="female",
         episode=SymptomEpisode(
             onset=ago(weeks) if weeks is not None and symptoms else None,
             weeks=weeks if symptoms else None,
@@ -604,7 +603,7 @@ CARD_ROWS: list[
     (
         "non-lumbar imaging: nothing",
         FAILED,
-        DraftOrder("ServiceRequest/chest", "ServiceRequest", "other", True, non_lumbar_imaging=True),
+        DraftOrder("ServiceRequest/chest", "ServiceRequest", "other", True),
         [],
         [],
     ),

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from cds_service.clinical.decision import (
+    MRI_WITHOUT_CONTRAST,
     RED_FLAG_CONCERNS,
     Concern,
     ConcernKind,
@@ -56,7 +57,6 @@ SUGGESTED_PROCEDURE_KEYS: tuple[str, ...] = (
     "MR_LSPINE_WO", "MR_LSPINE_WWO", "CT_LSPINE_WO", "XR_LSPINE", "CT_MYELO_LSPINE",
 )  # fmt: skip
 ORDER_CODE_SYSTEMS: tuple[str, ...] = (CPT, LOINC)
-MRI_WITHOUT_CONTRAST = "MR_LSPINE_WO"
 INDICATORS = frozenset({"info", "warning", "critical"})
 
 # The suggestions each card kind may offer (names in the card texts); checked at start-up.
@@ -571,7 +571,11 @@ class CardRenderer:
             return _fill(self._evidence["temperature"], value=finding.label, date=self._date(finding.recorded))
         if finding.concept == "egfr":
             return _fill(self._evidence["egfr"], value=finding.label, date=self._date(finding.recorded))
-        return _fill(self._evidence["finding"], label=self._label(finding), date=self._date(finding.recorded))
+        line = _fill(self._evidence["finding"], label=self._label(finding), date=self._date(finding.recorded))
+        if finding.by_text and "text_match" in self._texts.phrases:
+            # Recognised from words only: lower confidence than a code, and the card says so.
+            line = _fill(self._texts.phrases["text_match"], item=line)
+        return line
 
     def _label(self, finding: Finding) -> str:
         """The record's own words for a finding; the concept's name when the record gave none."""

@@ -109,7 +109,6 @@ class Evidence:
     """The record judged at a date: what counts, for the decision and the cards."""
 
     age: int | None
-    sex: str | None
     episode: SymptomEpisode
     courses: tuple[MedicationCourse, ...]
     physical_therapy: tuple[Finding, ...]  # PT procedures or referrals
@@ -213,7 +212,6 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
     prior = tuple(p for p in facts.prior_imaging if _prior_imaging_counts(p))
     return Evidence(
         age=facts.age,
-        sex=facts.sex,
         episode=_episode(episode, rules, today),
         courses=tuple(courses),
         physical_therapy=tuple(therapy),

@@ -71,7 +71,6 @@ class MedicationExposure:
     end: date | None  # explicit, or start plus a stated duration or supply
     open_period: bool = False  # a statement whose effective period has a start and no end
     daily_dose_mg: float | None = None  # mg a day of the ingredient, when the dosage states it
-    as_needed: bool = False
     route: str | None = None  # the dosage route's words (display or text), as recorded
 
 
@@ -110,13 +109,11 @@ class DraftOrder:
     kind: OrderKind
     selected: bool  # order-select: in ``selections``; order-sign: every draft is selected
     procedure_key: str | None = None  # lumbar imaging key (MR_LSPINE_WO ...) for imaging orders
-    non_lumbar_imaging: bool = False  # an imaging order outside the lumbar spine: no rating, no card
     drug_class: str | None = None  # medication orders: the drug class recognised
     systemic: bool = True  # medication orders: no topical form named
     antiplatelet_aspirin: bool = False
     concepts: frozenset[str] = frozenset()  # concepts of the order's own code (ESI, referral ...)
     reasons: tuple[Finding, ...] = ()  # the concepts of its reasonCode, one Finding each with the reason's own label
-    authored: date | None = None
     priority: str | None = None  # routine | urgent | asap | stat, as ordered
     # The raw JSON resource: opaque to the core; cards copy it into update actions (CDS Hooks updates carry the whole
     # resource).
@@ -132,8 +129,6 @@ class ClinicalFacts:
     """What the record says, FHIR-free and judgement-free."""
 
     age: int | None
-    sex: str | None
-    birth_date: date | None
     findings: tuple[Finding, ...]
     medications: tuple[MedicationExposure, ...]
     measurements: tuple[Measurement, ...]

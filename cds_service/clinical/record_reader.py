@@ -64,7 +64,7 @@ from cds_service.clinical.facts import (
 )
 from cds_service.clinical.fast_validation import QuickAcceptor
 from cds_service.knowledge import Knowledge, MedicationInfo
-from cds_service.knowledge.systems import CPT, ICD10CM, SNOMED
+from cds_service.knowledge.systems import ICD10CM, SNOMED
 from cds_service.record import PatientRecord
 
 
@@ -222,7 +222,6 @@ _DAYS_PER_UNIT = {
 }
 _FAHRENHEIT_UNITS = frozenset({"[degF]", "degF", "°F", "F"})
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-_RADIOLOGY_CPT = re.compile(r"^7\d{4}$")  # CPT radiology section 70010-79999: imaging, lumbar or not
 
 
 def parse_date(value: Any) -> date | None:
@@ -334,8 +333,7 @@ class _Collector:
     prior_imaging: list[PriorImaging] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     age: int | None = None
-    sex: str | None = None
-    birth_date: date | None = None
+    birth_date: date | None = None  # for onsetAge
 
 
 @lru_cache(maxsize=1)
@@ -457,8 +455,6 @@ class RecordReader:
         unknown = frozenset(t for t in RECORD_TYPES if not record.is_known(t))
         facts = ClinicalFacts(
             age=collector.age,
-            sex=collector.sex,
-            birth_date=collector.birth_date,
             findings=tuple(collector.findings),
             medications=tuple(collector.medications),
             measurements=tuple(collector.measurements),
@@ -515,11 +511,10 @@ class RecordReader:
                 drug_class=info.drug_class if info is not None else None,
                 systemic=systemic if info is not None else True,
                 antiplatelet_aspirin=info.antiplatelet_aspirin if info is not None else False,
-                authored=authored,
                 raw=resource,
             )
         if resource_type not in ("ServiceRequest", "ProcedureRequest", "ReferralRequest"):
-            return DraftOrder(reference, resource_type, "other", selected, authored=authored, raw=resource)
+            return DraftOrder(reference, resource_type, "other", selected, raw=resource)
         code = resource.get("code")
         codings = _codings(code)
         procedure_key = self._procedure_key(codings)
@@ -546,19 +541,14 @@ class RecordReader:
                 kind = "procedure"
             elif "referral" in kinds:
                 kind = "referral"
-        non_lumbar = procedure_key is None and any(
-            system == CPT and code_ and _RADIOLOGY_CPT.match(code_) for system, code_ in codings
-        )
         return DraftOrder(
             reference,
             resource_type,
             kind,
             selected,
             procedure_key=procedure_key,
-            non_lumbar_imaging=bool(non_lumbar),
             concepts=order_concepts,
             reasons=tuple(reasons.values()),
-            authored=authored,
             priority=resource.get("priority") if isinstance(resource.get("priority"), str) else None,
             raw=resource,
         )
@@ -587,8 +577,6 @@ class RecordReader:
         collector.birth_date = birth
         if birth is not None:
             collector.age = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
-        gender = patient.get("gender")
-        collector.sex = gender if isinstance(gender, str) else None
 
     def _read_condition(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
@@ -672,7 +660,6 @@ class RecordReader:
                 end=end,
                 open_period=open_period,
                 daily_dose_mg=_daily_dose_mg(resource, strength, dose_text),
-                as_needed=_as_needed(resource, dose_text),
                 route=route,
             )
         )
@@ -694,8 +681,10 @@ class RecordReader:
         collector: _Collector,
     ) -> None:
         reference, label, status = _reference(resource), _label(code) or "", _plain_status(resource)
+        coded = self._knowledge.concepts_of_codings(_codings(code))
         for concept in sorted(concepts):
-            collector.findings.append(Finding(concept, reference, when, str(label), (), status=status))
+            by_text = concept not in coded
+            collector.findings.append(Finding(concept, reference, when, str(label), (), status=status, by_text=by_text))
 
     def _read_observation(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         code = resource.get("code")
@@ -742,8 +731,10 @@ class RecordReader:
         reference, label = _reference(resource), _label(code) or ""
         clinical = _status_code(resource.get("clinicalStatus"))
         verification = _status_code(resource.get("verificationStatus"))
+        coded = self._knowledge.concepts_of_codings(_codings(code))
         for concept in sorted(concepts):
-            collector.findings.append(Finding(concept, reference, when, label, (), clinical, verification))
+            finding = Finding(concept, reference, when, label, (), clinical, verification, by_text=concept not in coded)
+            collector.findings.append(finding)
 
     def _read_device(self, resource: Mapping[str, Any], collector: _Collector, _drafts: frozenset[str]) -> None:
         type_ = resource.get("type")
@@ -756,8 +747,10 @@ class RecordReader:
             return
         label = _label(type_) or next((n for n in names if isinstance(n, str)), None) or ""
         reference, status = _reference(resource), _plain_status(resource)
+        coded = self._knowledge.concepts_of_codings(_codings(type_))
         for concept in sorted(concepts):
-            collector.findings.append(Finding(concept, reference, None, label, (), status=status))
+            finding = Finding(concept, reference, None, label, (), status=status, by_text=concept not in coded)
+            collector.findings.append(finding)
 
     def _read_service_request(self, resource: Mapping[str, Any], collector: _Collector, drafts: frozenset[str]) -> None:
         if _reference(resource) in drafts:
@@ -897,7 +890,6 @@ _TIMES_A_DAY = (
     ),
 )
 _EVERY_HOURS = re.compile(r"\bevery (\d+) ?(?:hours|hrs?|h)\b|\bq(\d+)h\b", re.IGNORECASE)
-_AS_NEEDED_WORDS = re.compile(r"\b(as needed|prn|p\.r\.n\.?|when required)\b", re.IGNORECASE)
 
 
 def _milligrams(text: str | None) -> float | None:
@@ -953,13 +945,6 @@ def _daily_dose_from_text(text: str | None, strength_mg: float | None) -> float 
         if pattern.search(text):
             return per_dose * times
     return None
-
-
-def _as_needed(resource: Mapping[str, Any], dose_text: str | None) -> bool:
-    for dosage in _dosages(resource):
-        if dosage.get("asNeededBoolean") is True or isinstance(dosage.get("asNeededCodeableConcept"), dict):
-            return True
-    return bool(dose_text and _AS_NEEDED_WORDS.search(dose_text))
 
 
 def _route_words(resource: Mapping[str, Any]) -> str | None:
