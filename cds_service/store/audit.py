@@ -1,6 +1,6 @@
 """Background writer for decision audit records, and fork hygiene shared by the stores.
 
-Audit records must never delay or fail a response (PRODUCT.md §6), so the request thread only
+Audit records must never delay or fail a response, so the request thread only
 does a non-blocking ``put`` on a bounded queue; one daemon thread per process drains it in batches.
 The thread starts lazily on first use: gunicorn with ``--preload`` builds the app (and the store)
 in the master and forks workers afterwards, and threads do not survive a fork.
