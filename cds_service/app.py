@@ -8,6 +8,7 @@ error answered as a FHIR OperationOutcome by one handler.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from cds_service.metrics import (
     RATINGS,
     REQUESTS,
     STORE_ERRORS,
+    STORE_UP,
     render_metrics,
 )
 from cds_service.protocol.validation import decode_json
@@ -70,6 +72,7 @@ class Components:
     authenticator: ClientAuthenticator | None
     store: Store
     discovery_body: bytes
+    store_check: StoreCheck
 
 
 def components() -> Components:
@@ -100,8 +103,9 @@ def create_app(
         authenticator=build_authenticator(
             trusted_clients_path=settings.trusted_clients_path, redis_url=settings.redis_url
         ),
-        store=open_store(settings.database_url, settings.data_dir, on_audit_drop=_count_audit_drop),
+        store=(store := open_store(settings.database_url, settings.data_dir, on_audit_drop=_count_audit_drop)),
         discovery_body=orjson.dumps(registry.discovery_document()),
+        store_check=StoreCheck(store),
     )
     app.register_blueprint(cds_blueprint)
     app.register_blueprint(ops_blueprint)
@@ -172,6 +176,7 @@ def feedback(service_id: str) -> Response:
     except StoreUnavailable as exc:
         # StoreUnavailable is a 503 CdsError with a generic message; its detail is for operators only.
         STORE_ERRORS.labels("feedback").inc()
+        STORE_UP.set(0)
         log.error("feedback store unavailable: %s", exc.detail)
         raise
     for item in items:
@@ -188,11 +193,50 @@ def healthz() -> Response:
 
 @ops_blueprint.get("/readyz")
 def readyz() -> Response:
+    """Ready when the service definitions are loaded: that is all the cards need.
+
+    The store is reported (``store`` in the body, the ``cds_store_up`` metric) but does not make the
+    service unready: a database outage would otherwise take every replica out of the load balancer,
+    and the EHR would get no cards at all, while only feedback (503) needs the store.
+    """
     parts = components()
-    checks = {"definitions": len(parts.registry) > 0, "store": parts.store.ping()}
-    ready = all(checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    store_up = parts.store_check.up()
+    STORE_UP.set(1 if store_up else 0)
+    ready = len(parts.registry) > 0
+    body = {
+        "status": "ready" if ready else "not ready",
+        "store": "up" if store_up else "down",
+        "checks": {"definitions": ready, "store": store_up},
+    }
     return Response(orjson.dumps(body), status=200 if ready else 503, mimetype=JSON_MIMETYPE)
+
+
+class StoreCheck:
+    """The store's state for ``/readyz``: at most one ping per ``max_age`` seconds per process.
+
+    Probes of every replica (and anyone else calling /readyz) then cost the database one connection a
+    second at most, and a request that finds a ping under way answers with the last known state
+    instead of waiting for it.
+    """
+
+    def __init__(self, store: Store, max_age: float = 1.0) -> None:
+        self._store = store
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._state: bool | None = None
+        self._checked_at = 0.0
+
+    def up(self) -> bool:
+        if self._state is not None and time.monotonic() - self._checked_at < self._max_age:
+            return self._state
+        if not self._lock.acquire(blocking=self._state is None):
+            return bool(self._state)  # another thread is pinging: its answer comes with the next call
+        try:
+            self._state = self._store.ping()
+            self._checked_at = time.monotonic()
+            return self._state
+        finally:
+            self._lock.release()
 
 
 @ops_blueprint.get("/metrics")

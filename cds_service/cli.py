@@ -7,7 +7,6 @@ import gc
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     serve.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve GET /metrics on this port only (and nothing else there); default: on --port",
+    )
 
     demo = commands.add_parser(
         "demo", help="run the service with the order-entry demo page at http://127.0.0.1:8080/demo/"
@@ -55,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(args.host, args.port, args.workers, args.threads)
+            return _serve(args.host, args.port, args.workers, args.threads, args.metrics_port)
         if args.command == "demo":
-            return _serve(args.host, args.port, workers=1, threads=8, demo=True)
+            return _serve(args.host, args.port, workers=1, threads=8, metrics_port=None, demo=True)
         if args.command == "evaluate":
             return _evaluate(args.request, args.now, args.service)
         return _check_config(connect=args.connect)
@@ -66,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _serve(host: str, port: int, workers: int, threads: int, demo: bool = False) -> int:
+def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
+    """The gunicorn settings of ``serve`` (bench/run.py starts its ceiling app with the same ones)."""
+    from cds_service.serving import gunicorn_options as options
+
+    return options(host, port, workers)
+
+
+def _serve(host: str, port: int, workers: int, threads: int, metrics_port: int | None, demo: bool = False) -> int:
     from cds_service.settings import settings_from_env
 
     settings = settings_from_env()
@@ -84,20 +95,49 @@ def _serve(host: str, port: int, workers: int, threads: int, demo: bool = False)
             file=sys.stderr,
         )
         return 2
-    data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # Prometheus multi-process mode must be chosen before prometheus_client is imported anywhere.
-    metrics_dir = data_dir / f"prometheus-{os.getpid()}"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    if metrics_port is not None and metrics_port == port:
+        print("cds-service: --metrics-port must differ from --port", file=sys.stderr)
+        return 2
+
+    # Logging first (JSON from the first line), but nothing that imports prometheus_client yet: the
+    # multi-process mode must be chosen before it is imported anywhere.
+    from cds_service.serving import (
+        configure_process_logging,
+        create_metrics_directory,
+        data_directory_problem,
+        gunicorn_options,
+        metrics_directory_candidates,
+        split_metrics_port,
+    )
+
+    configure_process_logging(settings.log_level)
+    problem = data_directory_problem(settings.data_dir)
+    if problem is not None:
+        # Cards do not need the data directory; feedback (SQLite store) answers 503 until it is fixed.
+        log.error(
+            "%s; the service starts, cards are answered, and feedback stored in it answers 503 until it is fixed",
+            problem,
+            extra={"fields": {"event": "startup-problem", "dataDir": settings.data_dir}},
+        )
+
+    def metrics_dir_problem(base: Path, reason: str) -> None:
+        log.warning("metrics files cannot go in %s: %s", base, reason,
+                    extra={"fields": {"event": "startup-warning"}})
+
+    metrics_dir = create_metrics_directory(metrics_directory_candidates(settings.data_dir), metrics_dir_problem)
+    if metrics_dir is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.path)
+    else:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        log.error("no writable directory for metrics files: /metrics shows one worker's counters only",
+                  extra={"fields": {"event": "startup-problem"}})
 
     from gunicorn.app.base import BaseApplication
 
+    from cds_service import metrics
     from cds_service.app import create_app
-    from cds_service.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    metrics.set_server_pid(os.getpid())
     create_app(settings, demo=demo)  # fail fast in the master on any configuration problem, before forking workers
     if not settings.open_mode and settings.redis_url is None and workers > 1:
         # Each worker process keeps its own jti cache: a replay that lands on another worker would pass.
@@ -114,41 +154,50 @@ def _serve(host: str, port: int, workers: int, threads: int, demo: bool = False)
         port,
         workers,
         mode,
-        extra={"fields": {"event": "startup", "mode": "trusted" if not settings.open_mode else "open"}},
+        extra={
+            "fields": {
+                "event": "startup",
+                "mode": "trusted" if not settings.open_mode else "open",
+                "metricsPort": metrics_port,
+                "metricsDir": str(metrics_dir.path) if metrics_dir else None,
+            }
+        },
     )
     if demo:
         shown_host = f"[{host}]" if ":" in host else host
         print(f"cds-service demo: open http://{shown_host}:{port}/demo/ (Ctrl-C stops)", file=sys.stderr, flush=True)
 
+    shm = Path("/dev/shm")
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            options: dict[str, Any] = {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers,
-                "worker_class": "gthread",
-                "threads": threads,
-                "keepalive": 5,
-                "timeout": 30,
-                "graceful_timeout": 10,
-                "accesslog": None,
-                "errorlog": "-",
-                "loglevel": "warning",
-                "child_exit": _child_exit,
-                "post_fork": _post_fork,
-            }
+            options = gunicorn_options(host, port, workers, threads, metrics_port)
+            options.update(
+                {
+                    "child_exit": _child_exit,
+                    "post_fork": _post_fork,
+                    # gunicorn's worker heartbeat files: on the memory filesystem too, when there is one.
+                    "worker_tmp_dir": str(shm) if metrics_dir and metrics_dir.path.parent == shm else None,
+                }
+            )
             for key, value in options.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
             app = create_app(settings, demo=demo)
             tune_gc_for_serving()
-            return app
+            return split_metrics_port(app, metrics_port) if metrics_port is not None else app
 
     def _post_fork(server: Any, worker: Any) -> None:
-        configure_logging(settings.log_level)
+        configure_process_logging(settings.log_level)
 
-    Server().run()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    master_pid = os.getpid()
+    try:
+        Server().run()
+    finally:
+        # Workers are forked inside run() and leave it by SystemExit: only the master removes the directory.
+        if metrics_dir is not None and os.getpid() == master_pid:
+            metrics_dir.remove()
     return 0
 
 

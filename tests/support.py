@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import sys
 import time
@@ -12,6 +13,11 @@ from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def services_required() -> bool:
+    """True in CI (``CI`` or ``CDS_REQUIRE_SERVICES`` set): a test missing a real part fails instead of skipping."""
+    return bool(os.environ.get("CI") or os.environ.get("CDS_REQUIRE_SERVICES"))
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import statistics
 import threading
@@ -25,6 +26,7 @@ from cds_service.store import (
     StoreUnavailable,
     open_store,
 )
+from cds_service.store import audit as audit_module
 from cds_service.store.audit import AuditWriter
 
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/test"
@@ -211,13 +213,15 @@ def test_blackholed_postgres_respects_the_connect_timeout(tmp_path: Path) -> Non
 
 def test_unreachable_postgres_counts_audit_write_failures(tmp_path: Path) -> None:
     drops: list[tuple[DropReason, int]] = []
-    store = open_store(UNREACHABLE_POSTGRES, str(tmp_path), on_audit_drop=lambda r, c: drops.append((r, c)))
+    store = open_store(UNREACHABLE_POSTGRES, str(tmp_path), on_audit_drop=lambda r, c: drops.append((r, c)),
+                       audit_retry_window=1.0)
     try:
         started = time.monotonic()
         for n in range(10):
             store.record_decision(decision(n))
         assert time.monotonic() - started < 0.1  # enqueueing never waits for the database
-        assert store.flush_audit(20)
+        assert store.flush_audit(20)  # retried for the window, then dropped
+        assert time.monotonic() - started >= 1.0
         assert store.audit_dropped_total() == 10
         assert {reason for reason, _ in drops} == {"write_failed"}
         assert sum(count for _, count in drops) == 10
@@ -339,26 +343,81 @@ def test_writer_drops_when_full_and_reports_each_drop() -> None:
     assert writer.written_total() == 4
 
 
-def test_writer_survives_a_failing_batch_and_a_failing_callback() -> None:
-    calls: list[int] = []
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "RETRY_FIRST_PAUSE_S", 0.02)
+    monkeypatch.setattr(audit_module, "RETRY_MAX_PAUSE_S", 0.05)
 
-    def flaky(records: Sequence[DecisionAudit]) -> None:
-        calls.append(len(records))
-        if len(calls) == 1:
+
+def test_writer_survives_a_failing_batch_and_a_failing_callback(quick_retries: None) -> None:
+    calls: list[list[str]] = []
+
+    def refuses_record_0(records: Sequence[DecisionAudit]) -> None:
+        calls.append([r.hook_instance for r in records])
+        if "hi-0" in calls[-1]:
             raise RuntimeError("database went away")
 
     def broken_callback(reason: DropReason, count: int) -> None:
         raise ValueError("metrics are broken too")
 
-    writer = AuditWriter(flaky, on_drop=broken_callback)
+    writer = AuditWriter(refuses_record_0, on_drop=broken_callback, retry_window=0.3)
     writer.submit(decision(0))
     assert writer.flush(5)
     writer.submit(decision(1))
     assert writer.flush(5)
     writer.close()
-    assert calls == [1, 1]
+    assert len(calls) >= 3 and all(batch == ["hi-0"] for batch in calls[:-1])  # retried, then given up
+    assert calls[-1] == ["hi-1"]
     assert writer.dropped_total() == 1
     assert writer.written_total() == 1
+
+
+def test_writer_retries_a_refused_batch_until_the_database_is_back(quick_retries: None) -> None:
+    attempts: list[float] = []
+
+    def down_for_three_attempts(records: Sequence[DecisionAudit]) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            raise RuntimeError("connection refused")
+
+    writer = AuditWriter(down_for_three_attempts)
+    for n in range(5):
+        writer.submit(decision(n))
+    assert writer.flush(5)
+    writer.close()
+    assert len(attempts) == 4
+    assert writer.written_total() == 5 and writer.dropped_total() == 0
+    pauses = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert pauses[0] >= 0.02 and pauses[-1] >= 0.04  # growing pauses, not a busy loop
+
+
+def test_writer_drops_and_counts_after_the_retry_window(quick_retries: None) -> None:
+    drops: list[tuple[DropReason, int]] = []
+    attempts: list[int] = []
+
+    def always_down(records: Sequence[DecisionAudit]) -> None:
+        attempts.append(len(records))
+        raise RuntimeError("disk full")
+
+    writer = AuditWriter(always_down, retry_window=0.3, on_drop=lambda reason, count: drops.append((reason, count)))
+    started = time.monotonic()
+    for n in range(3):
+        writer.submit(decision(n))
+    assert writer.flush(5)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert drops == [("write_failed", 3)]
+    assert len(attempts) > 2
+    writer.close()
+
+
+def test_close_stops_retrying_at_once() -> None:
+    writer = AuditWriter(lambda records: (_ for _ in ()).throw(RuntimeError("down")), retry_window=600)
+    writer.submit(decision(0))
+    time.sleep(0.2)  # the writer has failed once and pauses before its retry
+    started = time.monotonic()
+    writer.close(timeout=5)
+    assert time.monotonic() - started < 1
+    assert writer.dropped_total() == 1
 
 
 def test_writer_thread_starts_lazily_and_is_a_daemon() -> None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cds_service.errors import ConfigurationError
+from cds_service.store.audit import DEFAULT_RETRY_WINDOW_S
 from cds_service.store.base import (
     DecisionAudit,
     DropCallback,
@@ -33,7 +34,7 @@ from cds_service.store.base import (
     StoredFeedback,
     StoreUnavailable,
 )
-from cds_service.store.postgres import DEFAULT_CONNECT_TIMEOUT_S, PostgresStore
+from cds_service.store.postgres import DEFAULT_CONNECT_TIMEOUT_S, TCP_PARAMS, PostgresStore
 from cds_service.store.sqlite import SqliteStore
 
 __all__ = [
@@ -59,30 +60,29 @@ def open_store(
     *,
     on_audit_drop: DropCallback | None = None,
     audit_capacity: int = 10_000,
+    audit_retry_window: float = DEFAULT_RETRY_WINDOW_S,
 ) -> Store:
     """Open (and create the schema of) the store that ``CDS_DATABASE_URL`` names.
 
     * ``None`` or empty: SQLite file ``<data_dir>/cds-service.sqlite3`` (the directory is created);
     * ``sqlite:///abs/path`` (also ``sqlite:////abs/path``): that SQLite file;
-    * ``postgresql://...`` or ``postgres://...``: PostgreSQL; an unreachable server is not an error
-      here (``ping()`` reports it), so cards keep flowing while the database is down.
+    * ``postgresql://...`` or ``postgres://...``: PostgreSQL.
 
-    Raises :class:`ConfigurationError` naming ``CDS_DATABASE_URL`` for a malformed URL or an SQLite
-    file that cannot be created. Messages never contain a password.
+    A store that cannot be reached or written now (PostgreSQL down, a full or read-only data
+    directory) is not an error here: ``ping()`` reports it, feedback raises :class:`StoreUnavailable`
+    (503) until it recovers, and cards keep flowing meanwhile.
+
+    Raises :class:`ConfigurationError` naming ``CDS_DATABASE_URL`` for a malformed URL or a file that
+    is not an SQLite database. Messages never contain a password.
     """
     url = (database_url or "").strip()
+    options: dict[str, Any] = {"on_audit_drop": on_audit_drop, "audit_capacity": audit_capacity,
+               "audit_retry_window": audit_retry_window}
     if not url:
-        directory = Path(data_dir)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigurationError(
-                f"CDS_DATABASE_URL is unset and the data directory {directory} cannot be created: {error.strerror}"
-            ) from None
-        return _open_sqlite(directory / DEFAULT_SQLITE_FILENAME, on_audit_drop, audit_capacity)
+        return _open_sqlite(Path(data_dir) / DEFAULT_SQLITE_FILENAME, options)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
-        return _open_sqlite(_sqlite_path(url), on_audit_drop, audit_capacity)
+        return _open_sqlite(_sqlite_path(url), options)
     if scheme in ("postgresql", "postgres"):
         params = _postgres_params(url)
         extra: dict[str, str | int] = {}
@@ -91,7 +91,10 @@ def open_store(
         if "connect_timeout" not in params:
             # Short: a store that does not answer must fail a feedback POST fast, not hang a worker.
             extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
-        return PostgresStore(make_conninfo(url, **extra), on_audit_drop=on_audit_drop, audit_capacity=audit_capacity)
+        for name, value in TCP_PARAMS.items():
+            if name not in params:
+                extra[name] = value
+        return PostgresStore(make_conninfo(url, **extra), **options)
     shown = repr(scheme) if scheme else "none"
     raise ConfigurationError(f"CDS_DATABASE_URL: expected sqlite:///path or postgresql://..., got scheme {shown}")
 
@@ -125,9 +128,8 @@ def _sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-def _open_sqlite(path: Path, on_audit_drop: DropCallback | None, audit_capacity: int) -> SqliteStore:
+def _open_sqlite(path: Path, options: dict[str, Any]) -> SqliteStore:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteStore(path, on_audit_drop=on_audit_drop, audit_capacity=audit_capacity)
-    except (OSError, sqlite3.Error) as error:
+        return SqliteStore(path, **options)
+    except sqlite3.Error as error:  # not an SQLite file (a directory that cannot be written is not an error)
         raise ConfigurationError(f"CDS_DATABASE_URL: cannot open SQLite file {path}: {error}") from None

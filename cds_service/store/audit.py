@@ -2,6 +2,9 @@
 
 Audit records must never delay or fail a response, so the request thread only
 does a non-blocking ``put`` on a bounded queue; one daemon thread per process drains it in batches.
+A batch the database refuses (it is down, restarting, or its disk is full) is retried with growing
+pauses for up to ``retry_window`` seconds and only then dropped; every dropped record is counted.
+While a batch waits, new records wait in the queue (bounded: beyond it they are dropped and counted).
 The thread starts lazily on first use: gunicorn with ``--preload`` builds the app (and the store)
 in the master and forks workers afterwards, and threads do not survive a fork.
 """
@@ -26,6 +29,11 @@ DEFAULT_QUEUE_CAPACITY: Final = 10_000
 DEFAULT_BATCH_SIZE: Final = 200
 # Seconds a batch waits for more records before it is written.
 DEFAULT_LINGER_S: Final = 0.05
+# How long a batch the database refused is retried (a PostgreSQL restart or fail-over takes seconds to a
+# minute), and the pauses between attempts.
+DEFAULT_RETRY_WINDOW_S: Final = 60.0
+RETRY_FIRST_PAUSE_S: Final = 0.5
+RETRY_MAX_PAUSE_S: Final = 5.0
 # Log a failing audit database at most this often: the writer may fail for every batch while it is down.
 _FAILURE_LOG_INTERVAL_S: Final = 60.0
 
@@ -81,9 +89,11 @@ class AuditWriter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger: float = DEFAULT_LINGER_S,
         on_drop: DropCallback | None = None,
+        retry_window: float = DEFAULT_RETRY_WINDOW_S,
         name: str = "cds-audit-writer",
     ) -> None:
         self._write_batch = write_batch
+        self._retry_window = retry_window
         self._capacity = capacity
         self._batch_size = batch_size
         self._linger = linger
@@ -98,6 +108,7 @@ class AuditWriter:
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._closing = threading.Event()  # set by close(): no more retries, no more pauses
         self._dropped = 0
         self._written = 0
         self._last_failure_log = 0.0
@@ -127,7 +138,7 @@ class AuditWriter:
         return self._written
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until the queue is drained (written or dropped); False on timeout."""
+        """Wait until every queued record is written or dropped (retries included); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._queue.all_tasks_done:
             while self._queue.unfinished_tasks:
@@ -138,8 +149,9 @@ class AuditWriter:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting records, write what is queued (bounded wait), and stop the thread."""
+        """Stop accepting records, write what is queued (one attempt each, bounded wait), stop the thread."""
         self._closed = True
+        self._closing.set()
         thread = self._thread
         if thread is None or not thread.is_alive():  # never started, or already stopped by an earlier close()
             return
@@ -169,22 +181,26 @@ class AuditWriter:
                 log.exception("audit drop callback failed")
 
     def _run(self) -> None:
+        batch: list[DecisionAudit] = []
+        taken = 0  # queue items behind `batch` (records and a stop marker): marked done once their fate is known
         stopping = False
-        while not stopping:
-            first = self._queue.get()
-            taken = 1
-            batch: list[DecisionAudit] = []
-            if isinstance(first, _Stop):
-                stopping = True
-            else:
-                batch.append(first)
-            # Gather for a short while: one transaction per batch instead of one per record. The thread sleeps
-            # through the linger and then takes what has come, rather than waiting on the queue: a waiting
-            # thread would be woken by every record, and each wake-up costs the request threads the GIL (about
-            # a tenth of a request's CPU under load). The linger bounds what a crash can lose to a few tens of
-            # milliseconds of audit; a backlog of a full batch or more is written without sleeping.
-            if not stopping and self._linger > 0 and self._queue.qsize() < self._batch_size:
-                time.sleep(self._linger)
+        failing_since: float | None = None
+        attempts = 0
+        while True:
+            if not batch and not stopping:
+                item = self._queue.get()
+                taken += 1
+                if isinstance(item, _Stop):
+                    stopping = True
+                else:
+                    batch.append(item)
+                # Gather for a short while: one transaction per batch instead of one per record. The thread
+                # sleeps through the linger and then takes what has come, rather than waiting on the queue: a
+                # waiting thread would be woken by every record, and each wake-up costs the request threads the
+                # GIL (about a tenth of a request's CPU under load). The linger bounds what a crash can lose to a
+                # few tens of milliseconds of audit; a backlog of a full batch or more is written without sleeping.
+                if not stopping and self._linger > 0 and self._queue.qsize() < self._batch_size:
+                    time.sleep(self._linger)
             while not stopping and len(batch) < self._batch_size:
                 try:
                     item = self._queue.get_nowait()
@@ -195,22 +211,43 @@ class AuditWriter:
                     stopping = True
                 else:
                     batch.append(item)
-            try:
-                if batch:
+            if batch:
+                try:
                     self._write_batch(batch)
+                except Exception as error:
+                    attempts += 1
+                    now = time.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    self._log_failure(len(batch), error, retrying=not self._closing.is_set())
+                    if not self._closing.is_set() and now - failing_since < self._retry_window:
+                        pause = min(RETRY_FIRST_PAUSE_S * 2 ** (attempts - 1), RETRY_MAX_PAUSE_S)
+                        self._closing.wait(pause)
+                        continue  # the same batch again (topped up with what arrived meanwhile)
+                    self._drop("write_failed", len(batch))
+                else:
                     self._written += len(batch)
-            except Exception as error:
-                self._drop("write_failed", len(batch))
-                now = time.monotonic()
-                if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
-                    self._last_failure_log = now
-                    # Audit records hold codes and ids only, so the driver's message is safe to log.
-                    log.warning(
-                        "audit batch of %d records not written: %s: %s", len(batch), type(error).__name__, error
-                    )
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
+                batch = []
+                failing_since = None
+                attempts = 0
+            for _ in range(taken):
+                self._queue.task_done()
+            taken = 0
+            if stopping:
+                return
+
+    def _log_failure(self, size: int, error: Exception, *, retrying: bool) -> None:
+        now = time.monotonic()
+        if now - self._last_failure_log < _FAILURE_LOG_INTERVAL_S:
+            return
+        self._last_failure_log = now
+        # Audit records hold codes and ids only, so the driver's message is safe to log.
+        log.warning(
+            "audit batch of %d records not written (%s): %s: %s",
+            size,
+            f"retrying for up to {self._retry_window:g} s" if retrying else "dropped",
+            type(error).__name__,
+            error,
+        )
 
 
 class QueuedAuditMixin:

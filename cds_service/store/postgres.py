@@ -24,6 +24,7 @@ from cds_service.feedback import FeedbackItem, parse_feedback
 from cds_service.store.audit import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_RETRY_WINDOW_S,
     AuditWriter,
     QueuedAuditMixin,
     reset_after_fork,
@@ -40,6 +41,11 @@ from cds_service.store.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2
+PING_TIMEOUT_S: Final = 1
+# A server that vanishes from the network (no FIN, no RST) must not hold a worker for TCP's minutes: libpq's
+# keepalives and TCP_USER_TIMEOUT make the kernel give up within about ten seconds.
+TCP_PARAMS: Final = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                     "tcp_user_timeout": 10_000}
 DEFAULT_POOL_SIZE: Final = 4
 # A statement that waits longer than this (a lock, an overloaded server) fails instead of hanging a worker.
 STATEMENT_TIMEOUT: Final = "5s"
@@ -181,12 +187,18 @@ class PostgresStore(QueuedAuditMixin):
         audit_capacity: int = DEFAULT_QUEUE_CAPACITY,
         audit_batch_size: int = DEFAULT_BATCH_SIZE,
         on_audit_drop: DropCallback | None = None,
+        audit_retry_window: float = DEFAULT_RETRY_WINDOW_S,
     ) -> None:
+        self._conninfo = conninfo
         self._pool = ConnectionPool(conninfo, max_size=pool_size)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._audit = AuditWriter(
-            self._write_decisions, capacity=audit_capacity, batch_size=audit_batch_size, on_drop=on_audit_drop
+            self._write_decisions,
+            capacity=audit_capacity,
+            batch_size=audit_batch_size,
+            on_drop=on_audit_drop,
+            retry_window=audit_retry_window,
         )
         try:
             self._ensure_schema()
@@ -288,10 +300,17 @@ class PostgresStore(QueuedAuditMixin):
         self._run(insert)
 
     def ping(self) -> bool:
-        """True when the server answers ``SELECT 1`` (bounded by the connect timeout)."""
+        """True when the server answers ``SELECT 1`` on a new connection, within about ``PING_TIMEOUT_S``.
+
+        Not through the pool: a pooled connection whose server vanished from the network could wait for
+        TCP to give up, and every pooled connection may be busy with requests; a readiness probe must
+        get its answer in time whatever the store does.
+        """
         try:
-            self._run(lambda connection: connection.execute("SELECT 1").fetchone())
-        except StoreUnavailable:
+            with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=PING_TIMEOUT_S) as connection:
+                connection.execute(f"SET statement_timeout = {PING_TIMEOUT_S * 1000}")
+                connection.execute("SELECT 1").fetchone()
+        except psycopg.Error:
             return False
         return True
 

@@ -27,6 +27,7 @@ from cds_service.feedback import FeedbackItem, format_timestamp, parse_feedback
 from cds_service.store.audit import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_RETRY_WINDOW_S,
     AuditWriter,
     QueuedAuditMixin,
     reset_after_fork,
@@ -110,6 +111,7 @@ class SqliteStore(QueuedAuditMixin):
         audit_capacity: int = DEFAULT_QUEUE_CAPACITY,
         audit_batch_size: int = DEFAULT_BATCH_SIZE,
         on_audit_drop: DropCallback | None = None,
+        audit_retry_window: float = DEFAULT_RETRY_WINDOW_S,
     ) -> None:
         self.path = str(path)
         self._busy_timeout_s = busy_timeout_s
@@ -117,11 +119,22 @@ class SqliteStore(QueuedAuditMixin):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
-        self._create_schema()
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
         self._audit = AuditWriter(
-            self._write_decisions, capacity=audit_capacity, batch_size=audit_batch_size, on_drop=on_audit_drop
+            self._write_decisions,
+            capacity=audit_capacity,
+            batch_size=audit_batch_size,
+            on_drop=on_audit_drop,
+            retry_window=audit_retry_window,
         )
         reset_after_fork(self)
+        try:
+            self._ensure_schema()
+        except StoreUnavailable as error:
+            # A read-only or full data directory: cards do not need it. Feedback answers 503 and ping() is
+            # False until it is fixed; the schema is created on the first use that succeeds.
+            log.warning("SQLite store not usable at start-up: %s", error.detail)
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -154,6 +167,27 @@ class SqliteStore(QueuedAuditMixin):
         self._local = threading.local()
         self._connections = []
         self._connections_lock = threading.Lock()
+        self._schema_lock = threading.Lock()
+
+    def _ensure_schema(self) -> None:
+        """Create the file and its schema once; StoreUnavailable while the directory cannot be written.
+
+        A file that is not an SQLite database raises ``sqlite3.DatabaseError``: that is a configuration
+        mistake, not an outage (``open_store`` names it).
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._create_schema()
+            except OSError as error:
+                raise StoreUnavailable(f"cannot create {Path(self.path).parent}: {error.strerror}") from error
+            except sqlite3.OperationalError as error:  # read-only, disk full, cannot open
+                raise StoreUnavailable(f"cannot open {self.path}: {error}") from error
+            self._schema_ready = True
 
     def _create_schema(self) -> None:
         # Several processes (gunicorn workers, replicas on one volume) may open a new file at once; switching
@@ -212,6 +246,10 @@ class SqliteStore(QueuedAuditMixin):
             )
             for item in items
         ]
+        try:
+            self._ensure_schema()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"SQLite store unusable: {error}") from error
         connection = self._connection()
         try:
             connection.execute("BEGIN IMMEDIATE")  # take the write lock now, waiting up to busy_timeout
@@ -227,6 +265,7 @@ class SqliteStore(QueuedAuditMixin):
         return inserted
 
     def _write_decisions(self, records: Sequence[DecisionAudit]) -> None:
+        self._ensure_schema()
         connection = self._connection(synchronous="NORMAL")
         recorded_at = _now_text()
         rows = [
@@ -257,6 +296,7 @@ class SqliteStore(QueuedAuditMixin):
     def ping(self) -> bool:
         """True when the file can be queried."""
         try:
+            self._ensure_schema()
             self._connection().execute("SELECT version FROM schema_version LIMIT 1").fetchone()
         except (sqlite3.Error, StoreUnavailable):
             return False
@@ -281,6 +321,7 @@ class SqliteStore(QueuedAuditMixin):
     def recent_feedback(self, limit: int = 100) -> list[StoredFeedback]:
         """The most recently received feedback, newest first."""
         try:
+            self._ensure_schema()
             rows = (
                 self._connection()
                 .execute(
@@ -304,6 +345,7 @@ class SqliteStore(QueuedAuditMixin):
     def recent_decisions(self, limit: int = 100) -> list[DecisionAudit]:
         """The most recently written audit records, newest first."""
         try:
+            self._ensure_schema()
             rows = (
                 self._connection()
                 .execute(
