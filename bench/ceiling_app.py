@@ -2,7 +2,7 @@
 
 ``bench/run.py`` serves it under the same gunicorn settings as the service (worker count, worker
 class, threads, keep-alive), so that "service throughput / ceiling throughput" isolates what the
-service itself costs: parsing FHIR, the rules, cards, the audit record (PRODUCT.md §7).
+service itself costs: parsing FHIR, the rules, cards, the audit record (bench/README.md, 'Budgets').
 
 Run by hand: ``gunicorn --pythonpath bench 'ceiling_app:create_app()'``.
 """

@@ -1,4 +1,4 @@
-"""Deterministic CDS Hooks requests for the benchmark (PRODUCT.md §7).
+"""Deterministic CDS Hooks requests for the benchmark (bench/README.md, 'Budgets').
 
 One request is an ``order-select`` call for a patient with low back pain and sciatica, about ten
 weeks into the episode, with an NSAID history, a steroid burst and physical therapy on record (the

@@ -1,4 +1,4 @@
-"""Benchmark the service against a bare-Flask ceiling and check the budgets of PRODUCT.md §7.
+"""Benchmark the service against a bare-Flask ceiling and check the performance budgets (bench/README.md, 'Budgets').
 
     python bench/run.py            # full run (about two and a half minutes); the figures to report
     python bench/run.py --short    # about 20 seconds, for CI: fails only on a gross regression
@@ -45,7 +45,10 @@ VARIANTS_PER_SIZE = 4  # distinct patients per size (CT and MRI orders alternate
 
 @dataclass(frozen=True)
 class Budgets:
-    """PRODUCT.md §7. ``--short`` relaxes each by half: it only catches gross regressions."""
+    """The performance budgets (bench/README.md, 'Budgets').
+
+    ``--short`` relaxes each by half: it only catches gross regressions.
+    """
 
     typical_p50_ms: float = 10.0  # at 1 and at 10 clients
     typical_p99_ms: float = 50.0  # 10 clients
@@ -459,7 +462,7 @@ def time_per_resource(figures: list[CellFigures], size: str) -> float:
 
 
 def check_budgets(figures: list[CellFigures], budgets: Budgets) -> list[Check]:
-    """Every budget of PRODUCT.md §7 against the measured figures."""
+    """Every performance budget (bench/README.md, 'Budgets') against the measured figures."""
     typical_1 = cell(figures, "service", "typical", 1)
     typical_10 = cell(figures, "service", "typical", 10)
     ceiling_10 = cell(figures, "ceiling", "typical", 10)
@@ -474,7 +477,7 @@ def check_budgets(figures: list[CellFigures], budgets: Budgets) -> list[Check]:
     return [
         Check("typical p50, 1 client (ms)", typical_1.p50_ms, budgets.typical_p50_ms,
               typical_1.p50_ms < budgets.typical_p50_ms, f"< {budgets.typical_p50_ms:g} ms"),
-        # PRODUCT.md §7 asks for p50 and p99 "at 10 concurrent clients"; the single-client p50 is the latency floor.
+        # The budgets ask for p50 and p99 "at 10 concurrent clients"; the single-client p50 is the latency floor.
         Check("typical p50, 10 clients (ms)", typical_10.p50_ms, budgets.typical_p50_ms,
               typical_10.p50_ms < budgets.typical_p50_ms, f"< {budgets.typical_p50_ms:g} ms"),
         Check("typical p99, 10 clients (ms)", typical_10.p99_ms, budgets.typical_p99_ms,

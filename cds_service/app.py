@@ -1,8 +1,8 @@
 """The Flask application factory: every expensive part is built here, once per process.
 
-Routes (PRODUCT.md §2.1): discovery, the services, feedback, health, readiness and metrics,
-with CORS on every response (errors and preflights included) and every error answered as a
-FHIR OperationOutcome by one handler.
+Routes (CDS Hooks 2.0, https://cds-hooks.hl7.org/2.0/; README.md, 'HTTP API'): discovery, the services,
+feedback, health, readiness and metrics, with CORS on every response (errors and preflights included) and every
+error answered as a FHIR OperationOutcome by one handler.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The FHIR data path: from a request's prefetch and its FHIR server to one :class:`PatientRecord`.
 
-For every prefetch template of the service definition (PRODUCT.md §4.2, cds-hooks-spec.md §3):
+For every prefetch template of the service definition (CDS Hooks 2.0, "Prefetch Template":
+https://cds-hooks.hl7.org/2.0/; docs/clinical-rules.md#partial-data):
 
 * a value is used as given: a searchset Bundle's entries, or a single resource. A Bundle that is
   only the first page (``link`` ``next``) is completed through the FHIR server when that server is
@@ -11,8 +12,8 @@ For every prefetch template of the service definition (PRODUCT.md §4.2, cds-hoo
   keys in parallel, within one deadline for the whole request, with bounded retries on 429/5xx and
   never through a redirect to another host.
 
-``fhirServer`` is untrusted input (cds-hooks-spec.md §6.3, PRODUCT.md §5.2): nothing is sent unless
-:func:`is_allowed_server` accepts it, which requires an exact match with an allowed base URL and
+``fhirServer`` is untrusted input (CDS Hooks 2.0, "Security and Safety": https://cds-hooks.hl7.org/2.0/):
+nothing is sent unless :func:`is_allowed_server` accepts it, which requires an exact match with an allowed base URL and
 ``https`` outside loopback. The access token goes into the ``Authorization`` header of requests to
 that server and nowhere else: not into logs, warnings, reasons or exception messages.
 
@@ -65,7 +66,7 @@ _MAX_REDIRECTS: Final = 3
 _MIN_REQUEST_BUDGET: Final = 0.01
 _USER_AGENT: Final = "cds-service-fhir-data"
 
-# Prefetch tokens allowed by CDS Hooks 2.0 for order-select / order-sign (cds-hooks-spec.md §3).
+# Prefetch tokens allowed by CDS Hooks 2.0 for order-select / order-sign (CDS Hooks 2.0, "Prefetch tokens": https://cds-hooks.hl7.org/2.0/).
 _TOKEN_PATTERN: Final = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 # A FHIR id (R4 datatype `id`). Token values are checked against it before they go into a URL, so a
 # crafted patientId ("../x", "1?_format=xml", "a#b") cannot change the path or query that is sent.

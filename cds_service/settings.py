@@ -1,4 +1,4 @@
-"""Settings: read once from the ``CDS_*`` environment variables (PRODUCT.md §2.3) and validated at start-up."""
+"""Settings: read once from the ``CDS_*`` environment variables (README.md, 'Settings') and validated at start-up."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Builders of FHIR JSON, records and requests for the clinical engine's unit tests.
 
-Absolute dates only (aesthetics.md point 12): every test evaluates at ``NOW``.
+Absolute dates only: every test evaluates at ``NOW``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CPT = "http://www.ama-assn.org/go/cpt"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 PATIENT_ID = "pat-1"
 
-# Every resource type the engine reads (PRODUCT.md §3.1).
+# Every resource type the engine reads (docs/clinical-rules.md#facts).
 RECORD_TYPES = (
     "Patient",
     "Condition",

@@ -1,5 +1,5 @@
-"""Card and suggested-order quality (issue 3): reasons listed once, evidence that reads well and says what did not
-count, one wording per action, codes and words from the knowledge base only."""
+"""Card and suggested-order quality (docs/clinical-rules.md#cards): reasons listed once, evidence that reads well
+and says what did not count, one wording per action, codes and words from the knowledge base only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure decision core, table-driven over PRODUCT.md §3.3 (variants) and §3.5 (cards).
+"""The pure decision core, table-driven over docs/clinical-rules.md#red-flags (variants) and #cards.
 
 Facts are built directly (no FHIR): the core must decide from facts alone.
 """

@@ -1,4 +1,4 @@
-"""The engine end to end (FHIR JSON in, CDS Hooks objects out) and the card rendering rules (PRODUCT.md §2.4, §3.5)."""
+"""The engine end to end (FHIR JSON in, CDS Hooks objects out) and the card rendering rules (docs/clinical-rules.md)."""
 
 from __future__ import annotations
 
@@ -362,7 +362,7 @@ def test_card_texts_missing_keys_are_named_at_start_up() -> None:
 
 # ---------------------------------------------------------------------------------------------- performance
 def test_a_typical_request_is_fast(engine: ClinicalEngine) -> None:
-    """PRODUCT.md §7: a typical request (about 50 resources) well under 10 ms p50 inside the engine."""
+    """Budget (bench/README.md): a typical request (about 50 resources) well under 10 ms p50 inside the engine."""
     resources: list[dict[str, Any]] = [sciatica(), naproxen_trial()]
     resources += [observation("98979-8", value=80) for _ in range(10)]
     resources += [condition(ICD, "J45.909") for _ in range(20)]

@@ -466,7 +466,7 @@ def test_topical_or_aspirin_drafts_are_read_as_what_they_are(reader: RecordReade
 
 # ------------------------------------------------------------------------------------------------- performance
 def test_a_2000_resource_record_reads_in_well_under_the_budget(reader: RecordReader) -> None:
-    """PRODUCT.md §7: a 2,000-resource record p50 under 150 ms for the whole request; reading is most of it."""
+    """Budget (bench/README.md): a 2,000-resource record p50 under 150 ms for the whole request (mostly reading)."""
     noise = [condition(ICD, "J45.909") for _ in range(900)]
     noise += [observation("718-7", value=13.5) for _ in range(800)]
     relevant = [lbp(), sciatica()]

@@ -1,4 +1,4 @@
-"""The deployment files parse and agree with each other and with the application (PRODUCT.md §6).
+"""The deployment files parse and agree with each other and with the application (README.md, 'Deployment').
 
 Docker is not available where the tests run, so the image is not built here: these tests check the
 facts that a broken deployment would get wrong first (probe paths, ports, non-root, settings names).

@@ -3,7 +3,7 @@
 Each folder holds:
 
 * ``request.json``: a complete CDS Hooks 2.0 request as an EHR sends it (offline: no ``fhirServer``);
-* ``scenario.json``: the evaluation time and the clinician's expectation, written from PRODUCT.md §3.3-§3.5
+* ``scenario.json``: the evaluation time and the clinician's expectation, written from docs/clinical-rules.md
   *before* the engine's output was seen (ratings per order, card indicators, suggestion kinds; a few checks on
   card details were added in review where the output contradicted the specification);
 * ``expected.json``: the exact response the service returns (or, for an expected error status, its
@@ -64,7 +64,7 @@ INDICATORS = {"info", "warning", "critical"}
 
 CPT = "http://www.ama-assn.org/go/cpt"
 LOINC = "http://loinc.org"
-# Imaging codes -> the short procedure names used in scenario.json suggestion kinds (reference/clinical.md §3.4).
+# Imaging codes -> the short procedure names used in scenario.json suggestion kinds (docs/clinical-rules.md#procedures).
 PROCEDURE_SLUGS: dict[tuple[str, str], str] = {
     (CPT, "72148"): "mri-wo",
     (LOINC, "30679-5"): "mri-wo",
@@ -384,7 +384,7 @@ def test_response_meets_the_clinical_expectation(name: str) -> None:
     status, response = _outcome(name)
     assert status == expect.get("status", 200), f"HTTP {status}: {response}"
     if status != 200:
-        # An error answer is a FHIR OperationOutcome that says what is wrong (PRODUCT.md §2.1).
+        # An error answer is a FHIR OperationOutcome that says what is wrong (CDS Hooks 2.0, https://cds-hooks.hl7.org/2.0/).
         get_fhir_model_class("OperationOutcome").model_validate(response)
         assert all(issue.get("diagnostics") for issue in response["issue"])
         return
@@ -456,7 +456,10 @@ def test_response_meets_the_clinical_expectation(name: str) -> None:
 
 
 def _assert_complete_created_order(order: Mapping[str, Any], request: Mapping[str, Any]) -> None:
-    """PRODUCT.md §3.5: a created ServiceRequest is ready to sign and to survive a prior-authorisation review."""
+    """A created ServiceRequest is ready to sign and to survive a prior-authorisation review.
+
+    docs/clinical-rules.md#suggested-orders
+    """
     assert order["resourceType"] == "ServiceRequest"
     assert order["status"] == "draft" and order["intent"] == "order"
     assert order["subject"]["reference"] == f"Patient/{request['context']['patientId']}"
@@ -478,7 +481,7 @@ def _assert_mri_wo_codings(order: Mapping[str, Any]) -> None:
     assert codings.get((CPT, "72148")) and codings.get((LOINC, "30679-5")), "CPT 72148 and LOINC 30679-5 with display"
 
 
-# Wording that a clinician should never read in a card (PRODUCT.md §1: "every word of a card matters").
+# Wording that a clinician should never read in a card (every word of a card matters: docs/clinical-rules.md#cards).
 BAD_WORDING = {
     r"\b1 (weeks|months|days)\b": "singular count with a plural unit",
     r"\bis may be appropriate\b": "ACR category used as a verb phrase",

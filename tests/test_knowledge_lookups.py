@@ -436,7 +436,7 @@ def test_procedure_info(knowledge: Knowledge) -> None:
     assert knowledge.procedure_info("MR_LSPINE").iv_contrast == "unspecified"
 
 
-# clinical.md §1.3, row by row (UNA* cells are UNA).
+# docs/clinical-rules.md#acr-rating-table, row by row (UNA* cells are UNA).
 ACR_TABLE = {
     "MR_LSPINE_WO": "UNA UNA UA UA UA UA UA",
     "MR_LSPINE_WWO": "UNA UNA MBA UA UA MBA UA",

@@ -7,7 +7,7 @@ Public surface (used by the HTTP service and by ``cds-service evaluate``)::
 
 ``service_config`` is the private ``_config`` object of a definition in ``hooks/``.
 ``evaluate`` returns an :class:`Evaluation`; it raises ``cds_service.errors.PreconditionFailed``
-only when nothing at all can be determined (PRODUCT.md §4.2).
+only when nothing at all can be determined (docs/clinical-rules.md#partial-data).
 """
 
 from cds_service.clinical.engine import ClinicalEngine, Evaluation, RatingRecord

@@ -1,4 +1,4 @@
-"""Card rendering: a Decision in, CDS Hooks response objects out (PRODUCT.md §2.4, §3.5).
+"""Card rendering: a Decision in, CDS Hooks response objects out (docs/clinical-rules.md#cards; CDS Hooks 2.0 cards, https://cds-hooks.hl7.org/2.0/).
 
 Every word a clinician reads comes from data: the card texts of the knowledge base
 (``Knowledge.card_texts``, i.e. ``cds_service/knowledge/cards.json``, with the renderer's words in its
@@ -753,7 +753,8 @@ class CardRenderer:
             "extension": self._rated_extensions(proposal, consult, context.qcdsm_uri),
             "status": "draft",
             "intent": "order",
-            # Text only: no verified code for "imaging" ships (reference/clinical.md), as in the converted order.
+            # Text only: no verified code for "imaging" ships (docs/clinical-rules.md#suggested-orders), as in the
+            # converted order.
             "category": [{"text": self._terms["order_category"]}],
             "subject": {"reference": f"Patient/{context.patient_id}"},
             "encounter": {"reference": f"Encounter/{context.encounter_id}"} if context.encounter_id else None,

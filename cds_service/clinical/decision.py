@@ -6,7 +6,7 @@ imaging is considered after 6 weeks of optimal medical management in a surgery o
 (variant 3), or at once for red flags: cauda equina (variant 4), cancer, infection or immunosuppression
 (variant 7), fracture risk (variant 6) and prior lumbar surgery (variant 5).
 
-When / Then (PRODUCT.md §3.3-§3.5):
+When / Then (docs/clinical-rules.md#how-an-order-is-decided):
 
 * When a lumbar imaging order is selected, then every ACR variant still *possible* given what is known is
   found, in the precedence V4 -> V7 -> V6 -> V5 -> V3 -> V1/V2 (data that could not be obtained keeps a

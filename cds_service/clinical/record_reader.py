@@ -74,7 +74,7 @@ def _with_extensions(*elements: str) -> frozenset[str]:
 
 
 # The elements the rules read, plus the elements R4 requires, per resource type. Only these are
-# validated with fhir.resources (issue 5: "parse and validate only what the rules need"): it keeps a
+# validated with fhir.resources ("parse and validate only what the rules need"): it keeps a
 # relevant resource's validation to about 60 % of a full one, and elements no rule reads (narrative,
 # meta, identifiers, notes ...) cannot make a resource be skipped. Keep in step with the readers below.
 _VALIDATED_ELEMENTS: Mapping[str, frozenset[str]] = {

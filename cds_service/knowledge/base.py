@@ -373,7 +373,7 @@ class Knowledge:
         return self._tables.procedure_codings.get(procedure_key, ())
 
     def acr_category(self, procedure_key: str, variant: int) -> AcrCategory:
-        """ACR category of a procedure in a variant (clinical.md §1.3).
+        """ACR category of a procedure in a variant (docs/clinical-rules.md#acr-rating-table).
 
         Raises KeyError for a procedure the ACR table does not list (``MR_LSPINE``: contrast not
         specified) or a variant outside 1..7; use :meth:`is_rated_procedure` to ask first.
@@ -385,7 +385,7 @@ class Knowledge:
         return procedure_key in self._tables.acr
 
     def acr_cell_inferred(self, procedure_key: str, variant: int) -> bool:
-        """True for cells marked UNA* in clinical.md §1.3 (inferred, not read in the ACR table)."""
+        """True for cells inferred as UNA* (docs/clinical-rules.md#acr-rating-table), not read in the ACR table."""
         return (procedure_key, variant) in self._tables.acr_inferred
 
     def mri_without_contrast_codings(self) -> tuple[tuple[str, str, str], ...]:

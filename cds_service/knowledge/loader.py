@@ -77,7 +77,7 @@ _TERM_PLACEHOLDERS: Final = frozenset(
     {"rating", "category", "label", "date", "onset", "duration", "age", "value", "procedure", "drug", "start",
      "end", "n", "reason", "limit", "therapy", "protocol"}
 )  # fmt: skip
-# A verdict word the product never uses (PRODUCT.md §3.5; clinical.md §5): ACR category words only.
+# A verdict word the product never uses (docs/clinical-rules.md#cards): ACR category words only.
 _FORBIDDEN_WORD: Final = re.compile(r"\binappropriate\b", re.IGNORECASE)
 _STRENGTH_FORMAT: Final = re.compile(r"^\d+(?:\.\d+)? (?:MG|UNT)(?:/ML|/MG)?$")
 _SEPARATORS: Final = re.compile(r"[\s\-]+")

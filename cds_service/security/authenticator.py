@@ -1,4 +1,4 @@
-"""CDS client JWT authentication (CDS Hooks 2.0 "Trusting CDS Clients"; PRODUCT.md §5.1).
+"""CDS client JWT authentication (CDS Hooks 2.0, "Trusting CDS Clients": https://cds-hooks.hl7.org/2.0/).
 
 Verification order (cheap checks on the still-unverified token first, so a stale or misdirected token never
 causes a JWKS fetch; the replay cache is written only after the signature verified, so a forger cannot burn

@@ -1,4 +1,4 @@
-"""The durable feedback and audit store (PRODUCT.md §2.3 ``CDS_DATABASE_URL``, §5.3, §6).
+"""The durable feedback and audit store (``CDS_DATABASE_URL``; README.md, 'Settings').
 
 Usage::
 

@@ -1,6 +1,6 @@
 """Background writer for decision audit records, and fork hygiene shared by the stores.
 
-Audit records must never delay or fail a response (PRODUCT.md §6), so the request thread only
+Audit records must never delay or fail a response, so the request thread only
 does a non-blocking ``put`` on a bounded queue; one daemon thread per process drains it in batches.
 A batch the database refuses (it is down, restarting, or its disk is full) is retried with growing
 pauses for up to ``retry_window`` seconds and only then dropped; every dropped record is counted.

@@ -1,6 +1,6 @@
 """The store contract: what the HTTP layer calls, and the records it keeps.
 
-Two kinds of record, with different guarantees (PRODUCT.md §5.3, §6):
+Two kinds of record, with different guarantees (README.md, 'Security' and 'Deployment'):
 
 * **Feedback** is durable once acknowledged: :meth:`Store.record_feedback` returns only after the
   transaction is committed (fsync'ed), and raises :class:`StoreUnavailable` otherwise, so the client

@@ -1,4 +1,4 @@
-"""PostgreSQL store: shared by every replica (PRODUCT.md §6).
+"""PostgreSQL store: shared by every replica (README.md, 'Deployment').
 
 psycopg 3 with a small thread-safe connection pool of our own (``psycopg_pool`` is not a
 dependency). Feedback commits with ``synchronous_commit = on`` whatever the server default, so an
