@@ -125,10 +125,12 @@ CARD_WHEN: Mapping[str, str] = {
     " and 3 both possible, the order is not rated.",
     "conservative_care_first": "Only variant 1 or 2 possible and the symptoms are dated and shorter than"
     " symptom_weeks.",
-    "no_documented_therapy": "Only variant 1 or 2 possible, the symptoms undated or at least symptom_weeks long, no"
+    "duration_unknown": "Only variant 1 or 2 possible and no onset date for the back pain on record: the symptom"
+    " duration is not documented, whatever therapy is on record.",
+    "no_documented_therapy": "Only variant 1 or 2 possible, the symptoms at least symptom_weeks long, no"
     " NSAID or steroid course in the episode and no drug found but not counted (topical NSAID, low-dose aspirin,"
     " mineralocorticoid).",
-    "inadequate_therapy": "Only variant 1 or 2 possible, the symptoms undated or at least symptom_weeks long, and an"
+    "inadequate_therapy": "Only variant 1 or 2 possible, the symptoms at least symptom_weeks long, and an"
     " NSAID or steroid course in the episode (a maintenance dose included) or a drug found but not counted (topical"
     " NSAID, low-dose aspirin, mineralocorticoid) is on record.",
     "trial_length_unknown": "No trial found except NSAID courses of unknown length, every source obtained: whether"

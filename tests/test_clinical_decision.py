@@ -724,3 +724,18 @@ def test_only_a_systemic_therapy_order_shows_the_back_pain_question(
         antiplatelet_aspirin=aspirin,
     )
     assert kinds(only(run(acr, facts(**FAILED), order))) == cards
+
+
+def test_no_onset_date_is_said_as_such_not_as_inadequate_therapy(acr: ClinicalRules) -> None:
+    """Symptoms with no onset date: the duration is not documented, whatever therapy is on record."""
+    undated = facts(weeks=None, **FAILED)
+    decided = only(run(acr, undated, imaging("MR_LSPINE_WO")))
+    assert kinds(decided) == ["duration_unknown"]
+    assert decided.rating is not None and decided.rating.code == "not-appropriate"
+
+
+def test_a_motor_deficit_after_failed_therapy_gets_one_card_not_two(acr: ClinicalRules) -> None:
+    deficit = finding("motor_deficit", 1, "Condition/foot-drop")
+    decided = only(run(acr, facts(motor_deficits=(deficit,), **FAILED), imaging("CT_LSPINE_WO")))
+    assert kinds(decided) == ["motor_deficit"]
+    assert proposals(decided, "motor_deficit") == [("convert_urgent", "update", "MR_LSPINE_WO", "urgent", True)]

@@ -611,3 +611,22 @@ def test_a_remembered_invalid_resource_is_still_skipped_and_reported_every_time(
 def test_opioid_use_disorder_without_injection_is_not_a_red_flag(reader: RecordReader) -> None:
     facts = read(reader, record(lbp(), condition(ICD, "F11.20", onset="2024-05-01"))).facts
     assert facts.red_flags == ()
+
+
+# ------------------------------------------------------------------ findings that say "then", and drugs by their form
+def test_a_dialysis_procedure_counts_while_recent_and_an_old_one_does_not(reader: RecordReader) -> None:
+    """A procedure has no clinical status: it says dialysis was done on its date, not that it still is."""
+    recent = procedure(CPT, "90935", performed="2026-11-02")
+    old = procedure(CPT, "90935", performed="2009-05-01")
+    assert [f.concept for f in read(reader, record(lbp(), recent)).facts.contrast_concerns] == ["dialysis"]
+    assert read(reader, record(lbp(), old)).facts.contrast_concerns == ()
+
+
+def test_topical_fluorouracil_or_tacrolimus_is_not_cancer_or_immunosuppression(reader: RecordReader) -> None:
+    topical = [
+        med_request(None, text="fluorouracil 5 % topical cream, apply twice daily", status="active"),
+        med_request(None, text="tacrolimus 0.1 % ointment", status="active"),
+    ]
+    assert read(reader, record(lbp(), *topical)).facts.red_flags == ()
+    injected = med_request(None, text="fluorouracil 50 MG/ML Injectable Solution", status="active")
+    assert [f.concept for f in read(reader, record(lbp(), injected)).facts.red_flags] == ["malignancy"]

@@ -83,6 +83,7 @@ SUGGESTIONS_OF_CARD: Mapping[ConcernKind, tuple[str, ...]] = {
     "child_criteria": (),
     "child_red_flag": (),
     "child_cauda_equina": ("keep_urgent", "convert_urgent", "create_urgent"),
+    "duration_unknown": ("remove",),
 }
 # Suggestions any card may carry, worded once in the card texts' "shared_suggestions".
 SHARED_SUGGESTIONS: tuple[str, ...] = ("remove_duplicate",)

@@ -60,6 +60,7 @@ ConcernKind = Literal[
     "child_criteria",
     "child_red_flag",
     "child_cauda_equina",
+    "duration_unknown",
 ]
 # Cards of a red flag: the orders they suggest carry no therapy notes (the flag, not failed therapy, is the reason).
 RED_FLAG_CONCERNS: frozenset[str] = frozenset(
@@ -597,6 +598,8 @@ def _variant_concern(
             )
         return Concern(kind, order.reference, proposals, all_flags, safety=uncarded)
     possible = variants.possible
+    if motor_deficits(evidence, order, rules):
+        return None  # the motor deficit card speaks for this order (urgent MRI without contrast)
     if 3 in possible and set(possible) <= _FAILED_THERAPY_OR_RED_FLAG and therapy.failed:
         # Failed therapy; red flags unknown at most. MRI without contrast is usually appropriate in every variant
         # still possible, so suggesting it stands even with data missing.
@@ -606,16 +609,16 @@ def _variant_concern(
             return None
         convert = _proposal("convert", "update", variants, rules, MRI_WITHOUT_CONTRAST, recommended=True)
         return Concern("failed_therapy_convert", order.reference, (convert,))
-    if motor_deficits(evidence, order, rules):
-        return None  # the motor deficit card speaks for this order
     if therapy.unknown_length and therapy.failed is None and not variants.unknown_sources:
         return Concern("trial_length_unknown", order.reference, findings=_course_findings(therapy.unknown_length))
     if possible == (2, 3):
         return Concern("confirm_candidacy", order.reference)
     if possible in ((1,), (2,)):
-        under_threshold = therapy.symptom_weeks is not None and therapy.duration_met is False
         remove = Proposal("remove", "delete", recommended=True)
-        if under_threshold:
+        if therapy.symptom_weeks is None:
+            # No onset date on record: how long the symptoms have lasted is not documented (whatever therapy was given).
+            return Concern("duration_unknown", order.reference, (remove,))
+        if therapy.duration_met is False:
             return Concern("conservative_care_first", order.reference, (remove,))
         tried = (therapy.nsaid_courses, therapy.steroid_courses, therapy.maintenance, evidence.uncounted_medications)
         return Concern("inadequate_therapy" if any(tried) else "no_documented_therapy", order.reference, (remove,))

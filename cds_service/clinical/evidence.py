@@ -32,6 +32,7 @@ _NOT_THERAPY_STATUS = frozenset({"cancelled", "draft", "entered-in-error", "not-
 # Medication statuses of a drug still being taken (a stopped or completed one counts only while recent).
 _CURRENT_MEDICATION_STATUS = frozenset({"active", "on-hold", "unknown"})
 _MEDICATION_TYPES = frozenset({"MedicationStatement", "MedicationRequest"})
+_EVENT_TYPES = frozenset({"Procedure", "ServiceRequest"})
 # Verification statuses that make a condition not a fact about the patient.
 _NOT_A_FACT_VERIFICATION = frozenset({"entered-in-error", "refuted"})
 # Event statuses (Procedure, ServiceRequest, Observation, Device ...) that mean it did not happen or was withdrawn.
@@ -156,6 +157,10 @@ def interpret(facts: ClinicalFacts, rules: ClinicalRules, today: date) -> Eviden
             counts = _medication_current(finding, today, lookback)
         elif role.timing == "present":
             counts = active  # a resolved pregnancy is over
+        elif finding.resource_type in _EVENT_TYPES and role.role not in ("therapy", "candidacy"):
+            # A procedure or order has no clinical status: it says the finding was there on its date, not that it
+            # still is (dialysis in 2009, chemotherapy given years ago).
+            counts = _within(finding.recorded, today, lookback)
         else:
             counts = active or _resolved_within(finding, today, lookback)
             if counts and role.timing == "current":
@@ -273,7 +278,8 @@ def _drug_class_findings(facts: ClinicalFacts, rules: ClinicalRules) -> list[Fin
     found: list[Finding] = []
     for exposure in facts.medications:
         concept = rules.drug_class_concepts.get(exposure.drug_class or "")
-        if concept is not None:
+        # Topical fluorouracil (actinic keratosis) or tacrolimus ointment (eczema) are not cancer or immunosuppression.
+        if concept is not None and exposure.systemic:
             found.append(
                 Finding(
                     concept,

@@ -636,12 +636,11 @@ class RecordReader:
             return
         dose_text = _dose_text(resource)
         role = self._knowledge.drug_class_roles.get(info.drug_class) if info is not None else None
-        therapy_class = role is not None and role.role in ("nsaid", "corticosteroid")
-        route = _route_words(resource) if therapy_class else None
+        route = _route_words(resource) if role is not None else None
         systemic = info.systemic if info is not None else True
-        if info is not None and systemic and therapy_class:
+        if info is not None and systemic:
             # The code may name only the ingredient: the drug's own words, its route and its dosage text still tell
-            # a topical, inhaled or nasal form. (For a red-flag class such as chemotherapy the form does not matter.)
+            # a topical, inhaled or nasal form.
             systemic = not any(
                 self._knowledge.names_non_systemic_form(words, info.drug_class) for words in (label, route, dose_text)
             )

@@ -64,7 +64,7 @@ REQUIRED_CARDS: Final[tuple[str, ...]] = (
     "failed_therapy_convert", "failed_therapy_create", "confirm_candidacy", "conservative_care_first",
     "no_documented_therapy", "duplicate_mri", "mr_implant", "contrast_safety", "pregnancy", "data_missing",
     "data_missing_rated", "inadequate_therapy", "trial_length_unknown", "motor_deficit", "duplicate_draft",
-    "child_criteria", "child_red_flag", "child_cauda_equina",
+    "child_criteria", "child_red_flag", "child_cauda_equina", "duration_unknown",
 )  # fmt: skip
 # The sections of cards.json "terms" the clinical engine's renderer reads (cds_service/clinical/cards.py).
 TERM_SECTIONS: Final[tuple[str, ...]] = (
