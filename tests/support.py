@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,3 +65,29 @@ def _empty_members(value: Any, path: str) -> Iterator[str]:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _empty_members(item, f"{path}[{index}]")
+
+
+
+class SlowFhirHandler(BaseHTTPRequestHandler):
+    """A FHIR server that answers every search with an empty searchset after ``delay`` seconds (subclass to set it)."""
+
+    delay = 5.0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        time.sleep(self.delay)
+        body = b'{"resourceType": "Bundle", "type": "searchset"}'
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the service gave up waiting: that is the point of these tests
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def slow_fhir_handler(delay: float) -> type[SlowFhirHandler]:
+    return type("SlowFhir", (SlowFhirHandler,), {"delay": delay})

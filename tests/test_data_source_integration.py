@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 import requests
 from fhir_server import FhirServer
 from fhir_server import fhir_server as fhir_server  # the session fixture (sekmet-fhir with the fixtures)
-from support import free_port
+from support import free_port, slow_fhir_handler
 
 from cds_service.data_source import REASON_UNREACHABLE, FhirDataSource, reason_timeout
 from cds_service.protocol.request import FhirAuthorization, HookRequest
@@ -79,25 +79,6 @@ def source(outcomes: list[str]) -> Iterator[FhirDataSource]:
     data_source.close()
 
 
-class _SlowHandler(BaseHTTPRequestHandler):
-    delay = 5.0
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        time.sleep(self.delay)
-        body = json.dumps({"resourceType": "Bundle", "type": "searchset", "entry": []}).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the client gave up: that is the point of the test
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class _RoomyHTTPServer(ThreadingHTTPServer):
     # The default listen backlog (5) drops some of eleven simultaneous connects, and the kernel
     # retries them a second later: that would measure the test server, not the data source.
@@ -109,7 +90,7 @@ def slow_server_factory() -> Iterator[Any]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(delay: float) -> str:
-        handler = type("Handler", (_SlowHandler,), {"delay": delay})
+        handler = slow_fhir_handler(delay)
         server = _RoomyHTTPServer(("127.0.0.1", free_port()), handler)
         server.daemon_threads = True
         server.block_on_close = False  # do not wait for sleeping handlers at shutdown

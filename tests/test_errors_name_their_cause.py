@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +23,7 @@ from appsupport import ClientKey, make_app
 from fhir_server import FhirServer
 from fhir_server import fhir_server as fhir_server  # the session fixture (sekmet-fhir with the fixtures)
 from flask.testing import FlaskClient
+from support import slow_fhir_handler
 from test_end_to_end import contrast_mri_request
 from test_logs import json_log_lines
 
@@ -120,24 +120,9 @@ def fhir_stub(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
-class SlowHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        time.sleep(2.0)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.end_headers()
-            self.wfile.write(b'{"resourceType": "Bundle", "type": "searchset"}')
-        except OSError:
-            pass  # the service gave up waiting: that is the point
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_a_fhir_server_that_does_not_answer_in_time_is_named_in_the_412(tmp_path: Path) -> None:
     key = ClientKey()
-    with fhir_stub(SlowHandler) as base:
+    with fhir_stub(slow_fhir_handler(2.0)) as base:
         client = trusted_app(tmp_path, key, fhir_servers=[base], fhir_timeout=0.5)
         response = post(client, key, mri_request(base, "t"))
     assert response.status_code == 412

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from attacks import (
 )
 from private_postgres import private_postgres
 from servers import RunningService, process_alive, running_service, wait_for_workers, worker_pids
-from support import REPO, free_port, wait_for_port
+from support import REPO, free_port, slow_fhir_handler, wait_for_port
 from test_end_to_end import contrast_mri_request
 
 pytestmark = pytest.mark.integration
@@ -133,24 +133,9 @@ def read_until(sock: Any, marker: bytes, limit: int = 1, marker_count: bytes | N
 # --- shutdown ------------------------------------------------------------------------------------
 
 
-class _SlowFhir(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        time.sleep(3.0)
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.end_headers()
-            self.wfile.write(b'{"resourceType": "Bundle", "type": "searchset"}')
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextmanager
 def slow_fhir_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowFhir)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), slow_fhir_handler(3.0))
     server.daemon_threads = True
     server.block_on_close = False
     threading.Thread(target=server.serve_forever, daemon=True).start()
