@@ -453,6 +453,7 @@ def test_metrics_on_their_own_port_with_server_process_figures() -> None:
     metrics_port = free_port()
     with running_service(workers=2, extra_args=["--metrics-port", str(metrics_port)]) as service:
         wait_for_port(metrics_port)
+        wait_for_workers(service, 2)  # the port answers as soon as the first worker listens
         on_service_port = requests.get(f"{service.base_url}/metrics", timeout=5)
         text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         other = requests.get(f"http://127.0.0.1:{metrics_port}/cds-services", timeout=5)
