@@ -74,7 +74,8 @@ def test_slow_clients_do_not_starve_normal_requests() -> None:
         outcomes, still_open = normal_requests_during_slow_clients(service.port, slow=50, normal=5, timeout=3.0)
         no_tracebacks(service)
     assert [(o.kind, o.status) for o in outcomes] == [("answered", 200)] * 5, outcomes
-    assert max(o.seconds for o in outcomes) < 1.0
+    # Answered, not merely before the 3 s client timeout: well under it even on a loaded machine (0.05 s when quiet).
+    assert max(o.seconds for o in outcomes) < 2.0
     # The slow connections were kept (buffered), not refused: a slow but honest client still gets its answer.
     assert still_open == 50
 
