@@ -22,24 +22,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from test_protocol_validation import minimal_request
+
 SELECT = "/cds-services/lumbar-imaging-order-select"
 
 
 def order_select_body(**context: Any) -> bytes:
     """A small valid order-select request (no patient data: the service answers from the draft order)."""
-    request: dict[str, Any] = {
-        "hook": "order-select",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {
-            "userId": "Practitioner/1",
-            "patientId": "p1",
-            "draftOrders": {
-                "resourceType": "Bundle",
-                "entry": [{"resource": {"resourceType": "ServiceRequest", "id": "sr1", "status": "draft"}}],
-            },
-            "selections": ["ServiceRequest/sr1"],
-        },
-    }
+    request = minimal_request()
+    request["context"]["selections"] = ["ServiceRequest/sr1"]
     request.update(context)
     return json.dumps(request).encode()
 

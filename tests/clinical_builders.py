@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from cds_service.clinical import facts
 from cds_service.protocol.request import HookRequest
 from cds_service.record import PatientRecord
 
@@ -20,20 +21,8 @@ CPT = "http://www.ama-assn.org/go/cpt"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 PATIENT_ID = "pat-1"
 
-# Every resource type the engine reads (docs/clinical-rules.md#facts).
-RECORD_TYPES = (
-    "Patient",
-    "Condition",
-    "MedicationStatement",
-    "MedicationRequest",
-    "Procedure",
-    "Observation",
-    "AllergyIntolerance",
-    "Device",
-    "ServiceRequest",
-    "DiagnosticReport",
-    "ImagingStudy",
-)
+# Every resource type the engine reads.
+RECORD_TYPES = facts.RECORD_TYPES
 
 _counter = [0]
 

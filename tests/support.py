@@ -42,7 +42,12 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 def load_bench_module(name: str) -> ModuleType:
     """Load ``bench/<name>.py`` by path: bench/ is a directory of scripts, not a package."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    return load_script(REPO / "bench" / f"{name}.py", f"bench_{name}")
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Load a script (bench/, docs/, fixtures/: folders of scripts, not packages) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

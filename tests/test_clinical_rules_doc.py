@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
-import sys
 import typing
 from pathlib import Path
 from types import ModuleType
+
+from support import load_script
 
 from cds_service.clinical.cards import SUGGESTIONS_OF_CARD
 from cds_service.clinical.decision import ConcernKind
@@ -34,12 +34,7 @@ _INTERNAL_LINK = re.compile(r"\]\(#([^)]+)\)")
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("clinical_rules_tables", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GENERATOR, "clinical_rules_tables")
 
 
 def _document() -> str:

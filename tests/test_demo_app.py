@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import requests
 import responses
 from appsupport import make_app
 from flask.testing import FlaskClient
-from servers import cds_service_command, running_service
+from servers import cds_service_command, running_service, stop_process_group
 from support import REPO, free_port, wait_for_port
 
 from cds_service.app import create_app
@@ -316,13 +315,7 @@ def _run_command(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[byte
 
 
 def _stop(process: subprocess.Popen[bytes], log_path: Path) -> str:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_process_group(process)
     return log_path.read_text(errors="replace")
 
 

@@ -17,9 +17,7 @@ transplant or HIV on record never gets a "remove the order" suggestion or a not-
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 import jsonschema
-from support import empty_members
+from support import empty_members, load_script
 
 from cds_service.clinical import ClinicalEngine
 from cds_service.clinical.evidence import Evidence
@@ -57,6 +55,22 @@ MEDICATION_TYPES = ("MedicationRequest/", "MedicationStatement/")
 
 
 # ------------------------------------------------------------------------------------------------ the adapter
+# Red-flag concepts -> corpus categories, for a finding from the problem list or procedures, and from a drug.
+CONDITION_CATEGORY = {
+    "malignancy": "malignancy",
+    "transplant": "transplant",
+    "hiv": "hiv",
+    "osteoporosis": "osteoporosis",
+    "vertebral_fracture": "vertebral_or_pathological_fracture",
+    "long_term_steroids": "long_term_systemic_steroid",
+    "prior_lumbar_surgery": "prior_lumbar_spine_surgery",
+}
+MEDICATION_CATEGORY = {
+    "malignancy": "cancer_therapy",
+    "immunosuppression": "immunosuppressant",
+    "long_term_steroids": "long_term_systemic_steroid",
+}
+
 def recognised_categories(evidence: Evidence) -> set[str]:
     """The corpus categories (expected_categories.json) that the service's judged evidence recognises.
 
@@ -65,26 +79,13 @@ def recognised_categories(evidence: Evidence) -> set[str]:
     found: set[str] = set()
     for finding in evidence.red_flags:
         from_medication = finding.reference.startswith(MEDICATION_TYPES)
-        if finding.concept == "malignancy":
-            found.add("cancer_therapy" if from_medication else "malignancy")
-        elif finding.concept == "immunosuppression" and from_medication:
-            found.add("immunosuppressant")
-        elif finding.concept == "transplant":
-            found.add("transplant")
-        elif finding.concept == "hiv":
-            found.add("hiv")
-        elif finding.concept == "osteoporosis":
-            found.add("osteoporosis")
-            if "fracture" in finding.label.lower():
-                # The service files osteoporotic fractures ("Pathological fracture due to osteoporosis") under
-                # osteoporosis: both are fracture risk (ACR variant 6). The category is read from the finding's words.
-                found.add("vertebral_or_pathological_fracture")
-        elif finding.concept == "vertebral_fracture":
+        category = (MEDICATION_CATEGORY if from_medication else CONDITION_CATEGORY).get(finding.concept)
+        if category is not None:
+            found.add(category)
+        if finding.concept == "osteoporosis" and "fracture" in finding.label.lower():
+            # The service files osteoporotic fractures ("Pathological fracture due to osteoporosis") under
+            # osteoporosis: both are fracture risk (ACR variant 6). The category is read from the finding's words.
             found.add("vertebral_or_pathological_fracture")
-        elif finding.concept == "long_term_steroids":
-            found.add("long_term_systemic_steroid")
-        elif finding.concept == "prior_lumbar_surgery":
-            found.add("prior_lumbar_spine_surgery")
     if evidence.motor_deficits:
         found.add("motor_deficit")
     for course in evidence.courses:
@@ -105,12 +106,7 @@ def recognised_categories(evidence: Evidence) -> set[str]:
 
 # ------------------------------------------------------------------------------------------------ loading
 def _load_script(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("corpus_expected_categories", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "corpus_expected_categories")
 
 
 @cache
